@@ -1,0 +1,88 @@
+"""Type stubs for the Rust extension `fastwds._core`."""
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO
+
+__version__: str
+
+class ShardError(OSError):
+    """A shard could not be read: open failed, a command exited non-zero, or the tar stream is corrupt or cut.
+
+    `url`, `member` (the member being read, or None) and `offset` (byte offset in the uncompressed tar
+    stream of the header where it went wrong, or None) say where.
+    """
+
+    url: str | None
+    member: str | None
+    offset: int | None
+
+# A shard is a URL string (path, file:PATH, -, pipe:CMD, http(s)://...), a binary file object with
+# .read(n), or a dict with a "url" key (a webdataset shard-list item) and optionally a "stream" key
+# holding an opened binary file object.
+Shard = str | BinaryIO | dict[str, Any]
+
+class ShardReader:
+    """Reads tar shards into samples on Rust threads; iterating it yields sample dicts.
+
+    Each sample is a dict `{"__key__": str, "__url__": str, field: bytes, ...}` in member order. No thread
+    starts until iteration; each `iter()` starts a fresh read of all shards (after fork too). Pickles as its
+    configuration.
+
+    - `shards`: an iterable of shards, pulled lazily (it may be an endless generator).
+    - `threads`: reader threads (0 = min(4, cores)); `prefetch`: shards read ahead at once (0 = threads + 1).
+    - `ordered`: True yields shard by shard in the given order; False yields whatever is ready first.
+    - `buffer_bytes` / `buffer_samples`: bound on the samples held between the threads and Python.
+    - `fields`: field names to keep (others are skipped in Rust, never copied); None keeps all.
+    - `select_files(name) -> bool` and `rename_files(name) -> str`: applied to each member name before
+      grouping (rename first, as the reference), called on the reader threads with the GIL held.
+    - `lcase`: lower-case field names (the reference does).
+    - `members`: yield members `{"fname": str, "data": bytes, "__url__": str}` instead of grouped samples.
+    - `handler(exc) -> bool`: called with each error; true skips the rest of that shard and goes on, false
+      stops the iteration quietly, raising propagates. None raises.
+    """
+
+    def __init__(
+        self,
+        shards: Iterable[Shard],
+        *,
+        threads: int = 0,
+        prefetch: int = 0,
+        ordered: bool = True,
+        buffer_bytes: int = 256 * 1024 * 1024,
+        buffer_samples: int = 4096,
+        fields: Iterable[str] | None = None,
+        select_files: Callable[[str], bool] | None = None,
+        rename_files: Callable[[str], str] | None = None,
+        lcase: bool = True,
+        members: bool = False,
+        handler: Callable[[BaseException], bool] | None = None,
+    ) -> None: ...
+    def __iter__(self) -> SampleIterator: ...
+
+class SampleIterator:
+    """One pass over a ShardReader's shards; owns the reader threads and `pipe:` children."""
+
+    def __iter__(self) -> SampleIterator: ...
+    def __next__(self) -> dict[str, Any]: ...
+    def close(self) -> None:
+        """Stops the threads, kills and reaps `pipe:` children, and waits (bounded) for them to exit."""
+
+    @property
+    def threads_running(self) -> int: ...
+
+def tar_samples(
+    source: str | BinaryIO,
+    *,
+    url: str | None = None,
+    fields: Iterable[str] | None = None,
+    lcase: bool = True,
+    handler: Callable[[BaseException], bool] | None = None,
+) -> SampleIterator:
+    """Iterates the samples of one tar stream (a URL or a binary file object); `url` names it in samples."""
+
+def tar_members(source: str | BinaryIO, *, url: str | None = None) -> SampleIterator:
+    """Iterates the regular-file members of one tar stream as `{"fname", "data", "__url__"}` dicts."""
+
+def split_key(name: str) -> tuple[str, str] | None:
+    """Splits a member name into (key, field) by the webdataset rule; None when it does not match."""
+
