@@ -1,0 +1,18 @@
+//! fastwds-core: reads WebDataset shards (tar files of samples) as fast as the bytes arrive.
+//!
+//! The data flows one way: a shard URL opens as a byte [`source`], [`decompress`] unwraps gzip or zstd by
+//! magic bytes, [`tar`] parses members from the stream, [`sample`] groups members into samples by key, and
+//! [`reader`] runs several shards at once on a small thread pool into a bounded [`ring`] buffer that the
+//! consumer drains. Nothing here knows about Python.
+
+pub mod decompress;
+pub mod error;
+pub mod reader;
+pub mod ring;
+pub mod sample;
+pub mod source;
+pub mod tar;
+
+pub use error::{ErrorKind, ShardError};
+pub use reader::{Item, Next, Pool, ReaderConfig, ShardSpec};
+pub use sample::{split_key, Sample};

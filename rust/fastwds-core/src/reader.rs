@@ -1,0 +1,411 @@
+//! Reading several shards at once on a small thread pool into the ring buffer.
+//!
+//! The consumer drives everything: it submits a shard only when a slot is free, so the number of shards in
+//! flight, and with it memory, stays bounded; the workers just read the shard they are handed. In ordered
+//! mode shard `i` goes to slot `i % prefetch` and the consumer drains slots in turn, so the output order is
+//! the submission order while later shards are read ahead. In unordered mode all shards share one queue.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::decompress::decompress;
+use crate::error::{ErrorKind, ShardError, TarError};
+use crate::ring::{Closed, Ring, Weighed};
+use crate::sample::{is_metadata, split_key, Sample};
+use crate::source::{http_agent, open_url, ChildRegistry, Opened};
+use crate::tar::TarReader;
+
+/// Maps a member name to a new name (the reference's `rename_files`).
+pub type RenameFn = dyn Fn(&str) -> Result<String, String> + Send + Sync;
+/// Decides whether a member is read at all (the reference's `select_files`).
+pub type SelectFn = dyn Fn(&str) -> Result<bool, String> + Send + Sync;
+
+/// How to read shards.
+#[derive(Clone)]
+pub struct ReaderConfig {
+    pub threads: usize,
+    pub prefetch: usize,
+    pub ordered: bool,
+    pub buffer_bytes: usize,
+    pub buffer_samples: usize,
+    /// Field names to keep; others are skipped without being read into memory.
+    pub fields: Option<HashSet<String>>,
+    pub select_files: Option<Arc<SelectFn>>,
+    pub rename_files: Option<Arc<RenameFn>>,
+    pub lcase: bool,
+    /// Yield each regular member as its own item (key = member name, one field named "") instead of
+    /// grouping members into samples.
+    pub members: bool,
+}
+
+impl Default for ReaderConfig {
+    fn default() -> Self {
+        ReaderConfig {
+            threads: 0,
+            prefetch: 0,
+            ordered: true,
+            buffer_bytes: 256 << 20,
+            buffer_samples: 4096,
+            fields: None,
+            select_files: None,
+            rename_files: None,
+            lcase: true,
+            members: false,
+        }
+    }
+}
+
+impl ReaderConfig {
+    /// The thread count, defaulting to the cores available (at most 4: more rarely helps one consumer).
+    pub fn thread_count(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4)
+    }
+
+    /// Shards in flight at once.
+    pub fn prefetch_count(&self) -> usize {
+        if self.prefetch > 0 {
+            self.prefetch
+        } else {
+            self.thread_count() + 1
+        }
+    }
+}
+
+/// A shard to read: a URL the core opens itself, or a stream opened by the caller.
+pub enum ShardSpec {
+    Url(String),
+    Stream { url: String, stream: Box<dyn Read + Send> },
+}
+
+impl ShardSpec {
+    pub fn url(&self) -> &str {
+        match self {
+            ShardSpec::Url(url) | ShardSpec::Stream { url, .. } => url,
+        }
+    }
+}
+
+/// What the consumer receives, in stream order.
+pub enum Item {
+    Sample(Sample),
+    /// The shard failed here; everything before it was delivered, and an `End` follows.
+    Error(ShardError),
+    /// The shard is done (after its last sample or its error).
+    End,
+}
+
+impl Weighed for Item {
+    fn weight(&self) -> usize {
+        match self {
+            Item::Sample(s) => s.size(),
+            _ => 0,
+        }
+    }
+}
+
+struct Task {
+    slot: usize,
+    spec: ShardSpec,
+}
+
+struct Shared {
+    config: ReaderConfig,
+    ring: Ring<Item>,
+    cancel: AtomicBool,
+    children: ChildRegistry,
+    http: ureq::Agent,
+    running: AtomicUsize,
+    exited: (Mutex<()>, Condvar),
+}
+
+/// The result of waiting for the next item.
+pub enum Next {
+    Item(Item),
+    /// Nothing arrived within the timeout; call again (after checking for interrupts).
+    Pending,
+    /// Every submitted shard has ended.
+    Idle,
+}
+
+/// One pass of reading: its threads start at construction and stop on `shutdown` or drop.
+pub struct Pool {
+    shared: Arc<Shared>,
+    tasks: Option<Sender<Task>>,
+    handles: Vec<thread::JoinHandle<()>>,
+    prefetch: usize,
+    submitted: u64,
+    ended: u64,
+    local: VecDeque<Item>,
+}
+
+impl Pool {
+    pub fn start(config: ReaderConfig) -> Pool {
+        let threads = config.thread_count();
+        let prefetch = config.prefetch_count().max(1);
+        let (slots, per_bytes, per_items) = if config.ordered {
+            (prefetch, config.buffer_bytes / prefetch, config.buffer_samples / prefetch)
+        } else {
+            (1, config.buffer_bytes, config.buffer_samples)
+        };
+        let shared = Arc::new(Shared {
+            ring: Ring::new(slots, per_bytes, per_items),
+            config,
+            cancel: AtomicBool::new(false),
+            children: ChildRegistry::default(),
+            http: http_agent(),
+            running: AtomicUsize::new(0),
+            exited: (Mutex::new(()), Condvar::new()),
+        });
+        let (tx, rx) = crossbeam_channel::unbounded::<Task>();
+        let handles = (0..threads.min(prefetch))
+            .map(|i| {
+                let shared = Arc::clone(&shared);
+                let rx = rx.clone();
+                shared.running.fetch_add(1, Ordering::SeqCst);
+                thread::Builder::new()
+                    .name(format!("fastwds-reader-{i}"))
+                    .spawn(move || worker(&shared, &rx))
+                    .expect("spawning a reader thread")
+            })
+            .collect();
+        Pool { shared, tasks: Some(tx), handles, prefetch, submitted: 0, ended: 0, local: VecDeque::new() }
+    }
+
+    /// Whether another shard may be submitted now without exceeding the prefetch bound.
+    pub fn wants_shard(&self) -> bool {
+        self.tasks.is_some() && self.submitted - self.ended < self.prefetch as u64
+    }
+
+    /// Hands a shard to the workers. Call only when `wants_shard()`.
+    pub fn submit(&mut self, spec: ShardSpec) {
+        let slot = if self.shared.config.ordered { (self.submitted % self.prefetch as u64) as usize } else { 0 };
+        self.submitted += 1;
+        if let Some(tx) = &self.tasks {
+            // The workers hold the receiver until the pool shuts down, so this cannot fail while in use.
+            let _ = tx.send(Task { slot, spec });
+        }
+    }
+
+    fn current_slot(&self) -> usize {
+        if self.shared.config.ordered {
+            (self.ended % self.prefetch as u64) as usize
+        } else {
+            0
+        }
+    }
+
+    /// The next item if one was already taken from the ring, without waiting.
+    pub fn next_buffered(&mut self) -> Option<Item> {
+        let item = self.local.pop_front()?;
+        if matches!(item, Item::End) {
+            self.ended += 1;
+        }
+        Some(item)
+    }
+
+    /// The next item in output order, waiting up to `timeout`.
+    pub fn next(&mut self, timeout: Duration) -> Next {
+        loop {
+            if let Some(item) = self.next_buffered() {
+                return Next::Item(item);
+            }
+            if self.submitted == self.ended {
+                return Next::Idle;
+            }
+            let slot = self.current_slot();
+            // Batching amortises the lock; in ordered mode a batch never crosses into the next shard because
+            // each shard has its own slot.
+            match self.shared.ring.pop_into(slot, &mut self.local, 64, timeout) {
+                Ok(0) => return Next::Pending,
+                Ok(_) => continue,
+                Err(Closed) => return Next::Idle,
+            }
+        }
+    }
+
+    /// Number of reader threads still running.
+    pub fn threads_running(&self) -> usize {
+        self.shared.running.load(Ordering::SeqCst)
+    }
+
+    /// Stops the workers: no more items, `pipe:` commands killed. Returns at once; threads exit promptly
+    /// (a worker blocked in a network read exits when that read returns).
+    pub fn cancel(&mut self) {
+        self.shared.cancel.store(true, Ordering::SeqCst);
+        self.tasks = None;
+        self.shared.ring.close();
+        self.shared.children.kill_all();
+        self.local.clear();
+    }
+
+    /// Cancels, then waits up to `timeout` for the threads to exit; true if they all did.
+    pub fn shutdown(&mut self, timeout: Duration) -> bool {
+        self.cancel();
+        let deadline = Instant::now() + timeout;
+        let (lock, cvar) = &self.shared.exited;
+        let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while self.shared.running.load(Ordering::SeqCst) > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = cvar.wait_timeout(guard, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        drop(guard);
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+        true
+    }
+
+    /// Forgets the pool without touching its locks or threads: for a child process after `fork()`, where
+    /// the threads do not exist and a lock may have been held by one of them at the fork.
+    pub fn abandon(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+fn worker(shared: &Shared, tasks: &Receiver<Task>) {
+    while let Ok(task) = tasks.recv() {
+        if shared.cancel.load(Ordering::SeqCst) {
+            break;
+        }
+        let slot = task.slot;
+        let outcome = read_shard(shared, slot, task.spec);
+        let pushed = match outcome {
+            Ok(()) => Ok(()),
+            Err(Stop::Failed(e)) => shared.ring.push(slot, Item::Error(e)),
+            Err(Stop::Cancelled) => Err(Closed),
+        };
+        if pushed.is_err() || shared.ring.push(slot, Item::End).is_err() {
+            break;
+        }
+    }
+    let (lock, cvar) = &shared.exited;
+    let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+    shared.running.fetch_sub(1, Ordering::SeqCst);
+    cvar.notify_all();
+}
+
+enum Stop {
+    Failed(ShardError),
+    Cancelled,
+}
+
+impl From<Closed> for Stop {
+    fn from(_: Closed) -> Self {
+        Stop::Cancelled
+    }
+}
+
+/// Reads one shard to its end, pushing samples (or members) into its slot.
+fn read_shard(shared: &Shared, slot: usize, spec: ShardSpec) -> Result<(), Stop> {
+    let url: Arc<str> = Arc::from(spec.url());
+    let mut opened = match spec {
+        ShardSpec::Url(u) => open_url(&u, &shared.children, &shared.http).map_err(Stop::Failed)?,
+        ShardSpec::Stream { stream, .. } => Opened { stream, command: None },
+    };
+    let command = opened.command.take();
+    match read_members(shared, slot, opened, &url) {
+        Err(Stop::Failed(e)) => Err(Stop::Failed(match command {
+            Some(command) => command.explain(&url, e),
+            None => e,
+        })),
+        Err(Stop::Cancelled) => Err(Stop::Cancelled),
+        Ok(()) => match command {
+            Some(command) => command.finish(&url, &shared.cancel).map_err(Stop::Failed),
+            None => Ok(()),
+        },
+    }
+}
+
+/// Parses the tar stream of an opened shard and groups its members.
+fn read_members(shared: &Shared, slot: usize, opened: Opened, url: &Arc<str>) -> Result<(), Stop> {
+    let url = Arc::clone(url);
+    let (stream, _) =
+        decompress(opened.stream).map_err(|e| Stop::Failed(TarError::io(0, None, &e).into_shard_error(&url)))?;
+    let mut tar = TarReader::new(stream);
+    let config = &shared.config;
+    let fail = |e: TarError| Stop::Failed(e.into_shard_error(&url));
+    let mut current: Option<Sample> = None;
+    loop {
+        if shared.cancel.load(Ordering::Relaxed) {
+            return Err(Stop::Cancelled);
+        }
+        let Some(header) = tar.next_member().map_err(fail)? else { break };
+        if is_metadata(&header.name) {
+            continue;
+        }
+        let callback_error = |m: String| {
+            Stop::Failed(
+                ShardError::new(ErrorKind::Callback, &url, m).with_member(Some(&header.name)).at(header.offset),
+            )
+        };
+        let name = match &config.rename_files {
+            Some(rename) => rename(&header.name).map_err(callback_error)?,
+            None => header.name.clone(),
+        };
+        if let Some(select) = &config.select_files {
+            if !select(&name).map_err(callback_error)? {
+                continue;
+            }
+        }
+        if config.members {
+            let mut data = Vec::new();
+            tar.read_data(&header, &mut data).map_err(fail)?;
+            let member = Sample { key: name, url: Arc::clone(&url), fields: vec![(String::new(), data)] };
+            shared.ring.push(slot, Item::Sample(member))?;
+            continue;
+        }
+        let Some((key, field)) = split_key(&name) else { continue };
+        let field = if config.lcase { field.to_lowercase() } else { field.to_string() };
+        if current.as_ref().is_none_or(|s| s.key != key) {
+            if let Some(done) = current.take() {
+                shared.ring.push(slot, Item::Sample(done))?;
+            }
+            current = Some(Sample::new(key.to_string(), Arc::clone(&url)));
+        }
+        let sample = current.as_mut().expect("a sample was just started");
+        if sample.has_field(&field) {
+            return Err(Stop::Failed(
+                ShardError::new(
+                    ErrorKind::DuplicateField,
+                    &url,
+                    format!("sample {:?} has field {field:?} twice", sample.key),
+                )
+                .with_member(Some(&name))
+                .at(header.offset),
+            ));
+        }
+        if config.fields.as_ref().is_some_and(|keep| !keep.contains(&field)) {
+            continue;
+        }
+        let mut data = Vec::new();
+        tar.read_data(&header, &mut data).map_err(fail)?;
+        sample.fields.push((field, data));
+    }
+    // Read what follows the end-of-archive marker: a gzip trailer's checksum is verified there, and a
+    // `pipe:` command must not be left blocked writing into a pipe nobody reads.
+    let end = tar.offset();
+    let mut rest = tar.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| fail(TarError::io(end, None, &e)))?;
+    if let Some(done) = current.take() {
+        shared.ring.push(slot, Item::Sample(done))?;
+    }
+    Ok(())
+}

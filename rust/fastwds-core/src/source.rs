@@ -1,0 +1,274 @@
+//! Opening a shard URL as a byte stream: local paths, `file:`, `-` (stdin), `pipe:CMD` and `http(s)://`.
+//!
+//! A `pipe:` command runs in its own process group so that cancelling a read kills the whole pipeline
+//! (`curl ... | zcat`), not just the shell; its stderr tail is kept for the error message.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crate::error::{ErrorKind, ShardError};
+
+const STDERR_TAIL: usize = 4096;
+
+/// The process groups of running `pipe:` commands, so that a cancelled read can kill them from any thread.
+#[derive(Default, Clone)]
+pub struct ChildRegistry {
+    pgids: Arc<Mutex<Vec<i32>>>,
+}
+
+impl ChildRegistry {
+    fn add(&self, pgid: i32) {
+        lock(&self.pgids).push(pgid);
+    }
+
+    /// Removes a group before its leader is reaped, so a recycled pid is never signalled.
+    fn remove(&self, pgid: i32) {
+        lock(&self.pgids).retain(|&p| p != pgid);
+    }
+
+    /// Kills every registered command's process group.
+    pub fn kill_all(&self) {
+        for &pgid in lock(&self.pgids).iter() {
+            kill_group(pgid);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; keep using it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn kill_group(pgid: i32) {
+    // SAFETY: kill(2) with a negative pid signals a process group; it has no memory effects.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+/// An opened shard: the byte stream, and the `pipe:` command behind it, if any.
+pub struct Opened {
+    pub stream: Box<dyn Read + Send>,
+    pub command: Option<PipeCommand>,
+}
+
+/// A running `pipe:` command. Dropping it kills and reaps the command.
+pub struct PipeCommand {
+    command: String,
+    child: Option<Child>,
+    pgid: i32,
+    registry: ChildRegistry,
+    stderr_tail: Arc<Mutex<VecDeque<u8>>>,
+    stderr_reader: Option<thread::JoinHandle<()>>,
+}
+
+impl PipeCommand {
+    /// Waits for the command to exit after its output was read to the end; a non-zero status is an error
+    /// naming the command, the status and the end of its stderr.
+    pub fn finish(mut self, url: &str, cancel: &AtomicBool) -> Result<(), ShardError> {
+        let status = self.wait(cancel);
+        if let Some(h) = self.stderr_reader.take() {
+            let _ = h.join();
+        }
+        match status {
+            Some(s) if s.success() => Ok(()),
+            Some(s) => Err(self.failure(url, s)),
+            None => Err(ShardError::new(ErrorKind::Command, url, format!("command {:?} was cancelled", self.command))),
+        }
+    }
+
+    /// After the stream failed: if the command has exited (or exits within a moment) with a failure, that
+    /// failure explains the broken stream better than the tar error does; the tar error is appended.
+    pub fn explain(mut self, url: &str, stream_error: ShardError) -> ShardError {
+        for _ in 0..50 {
+            match self.child.as_mut().map(Child::try_wait) {
+                // SIGPIPE only says that we stopped reading first.
+                Some(Ok(Some(status))) if !status.success() && !killed_by_sigpipe(status) => {
+                    self.registry.remove(self.pgid);
+                    self.child = None;
+                    if let Some(h) = self.stderr_reader.take() {
+                        let _ = h.join();
+                    }
+                    let mut e = self.failure(url, status);
+                    e.message.push_str(&format!("; the stream was cut: {}", stream_error.message));
+                    e.member = stream_error.member;
+                    e.offset = stream_error.offset;
+                    return e;
+                }
+                Some(Ok(None)) => thread::sleep(Duration::from_millis(4)),
+                _ => break,
+            }
+        }
+        stream_error
+    }
+
+    fn failure(&self, url: &str, status: ExitStatus) -> ShardError {
+        let tail = String::from_utf8_lossy(lock(&self.stderr_tail).make_contiguous()).trim().to_string();
+        let mut message = format!("command {:?} exited with {}", self.command, describe(status));
+        if !tail.is_empty() {
+            message.push_str(&format!("; stderr: {tail}"));
+        }
+        ShardError::new(ErrorKind::Command, url, message)
+    }
+
+    /// Polls for exit, releasing nothing that a canceller needs; kills the group when cancelled.
+    fn wait(&mut self, cancel: &AtomicBool) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.registry.remove(self.pgid);
+                    self.child = None;
+                    return Some(status);
+                }
+                Ok(None) if cancel.load(Ordering::Relaxed) => {
+                    self.kill_and_reap();
+                    return None;
+                }
+                Ok(None) => thread::sleep(Duration::from_millis(2)),
+                Err(_) => {
+                    self.kill_and_reap();
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn kill_and_reap(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            self.registry.remove(self.pgid);
+            kill_group(self.pgid);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PipeCommand {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
+
+fn killed_by_sigpipe(status: ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal() == Some(libc::SIGPIPE)
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("status {code}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Opens a shard URL for reading.
+pub fn open_url(url: &str, registry: &ChildRegistry, http: &ureq::Agent) -> Result<Opened, ShardError> {
+    let plain = |stream: Box<dyn Read + Send>| Ok(Opened { stream, command: None });
+    if url == "-" {
+        return plain(Box::new(io::stdin()));
+    }
+    if let Some(cmd) = url.strip_prefix("pipe:") {
+        return open_pipe(url, cmd, registry);
+    }
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return plain(open_http(url, http)?);
+    }
+    let path = if let Some(rest) = url.strip_prefix("file://") {
+        rest
+    } else if let Some(rest) = url.strip_prefix("file:") {
+        rest
+    } else {
+        if let Some(scheme) = url_scheme(url) {
+            return Err(ShardError::new(
+                ErrorKind::Open,
+                url,
+                format!("unsupported URL scheme {scheme:?}: read it through a command, e.g. \"pipe:aws s3 cp {url} -\""),
+            ));
+        }
+        url
+    };
+    let file = File::open(path).map_err(|e| ShardError::new(ErrorKind::Open, url, format!("cannot open: {e}")))?;
+    plain(Box::new(file))
+}
+
+/// The scheme of `scheme://...` or `scheme:...` URLs; None for paths (a Windows drive letter is not a scheme).
+fn url_scheme(url: &str) -> Option<&str> {
+    let colon = url.find(':')?;
+    let scheme = &url[..colon];
+    let valid = scheme.len() > 1
+        && scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    (valid && !scheme.contains('/')).then_some(scheme)
+}
+
+fn open_pipe(url: &str, cmd: &str, registry: &ChildRegistry) -> Result<Opened, ShardError> {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| ShardError::new(ErrorKind::Open, url, format!("cannot start command {cmd:?}: {e}")))?;
+    let pgid = child.id() as i32;
+    registry.add(pgid);
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+    let tail = Arc::clone(&stderr_tail);
+    let stderr_reader = stderr.map(|mut err| {
+        thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut t = lock(&tail);
+                t.extend(&buf[..n]);
+                let excess = t.len().saturating_sub(STDERR_TAIL);
+                t.drain(..excess);
+            }
+        })
+    });
+    let command = PipeCommand {
+        command: cmd.to_string(),
+        child: Some(child),
+        pgid,
+        registry: registry.clone(),
+        stderr_tail,
+        stderr_reader,
+    };
+    let stdout = stdout.ok_or_else(|| ShardError::new(ErrorKind::Open, url, "command has no stdout"))?;
+    Ok(Opened { stream: Box::new(stdout), command: Some(command) })
+}
+
+/// An HTTP client with timeouts for connecting and for the response headers; the body has none, since a
+/// multi-GB shard may legitimately take long.
+pub fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .max_redirects(10)
+        .user_agent("fastwds")
+        .build()
+        .into()
+}
+
+fn open_http(url: &str, agent: &ureq::Agent) -> Result<Box<dyn Read + Send>, ShardError> {
+    match agent.get(url).call() {
+        Ok(response) => Ok(Box::new(response.into_body().into_reader())),
+        Err(ureq::Error::StatusCode(code)) => {
+            Err(ShardError::new(ErrorKind::Open, url, format!("HTTP status {code}")))
+        }
+        Err(e) => Err(ShardError::new(ErrorKind::Open, url, format!("HTTP request failed: {e}"))),
+    }
+}

@@ -1,0 +1,22 @@
+//! `fastwds._core`: the Python face of fastwds-core. A few coarse objects; Python composes them.
+
+use pyo3::prelude::*;
+
+mod errors;
+mod pyfile;
+mod reader;
+mod wait;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("ShardError", py.get_type::<errors::ShardError>())?;
+    m.add_class::<reader::ShardReader>()?;
+    m.add_class::<reader::SampleIterator>()?;
+    m.add_function(wrap_pyfunction!(reader::tar_samples, m)?)?;
+    m.add_function(wrap_pyfunction!(reader::tar_members, m)?)?;
+    m.add_function(wrap_pyfunction!(reader::split_key, m)?)?;
+    m.add_function(wrap_pyfunction!(reader::_rebuild_reader, m)?)?;
+    Ok(())
+}

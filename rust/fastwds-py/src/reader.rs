@@ -1,0 +1,439 @@
+//! `ShardReader` (a picklable configuration) and `SampleIterator` (one pass, owning the threads).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
+
+use fastwds_core::{Item, Next, Pool, ReaderConfig, Sample, ShardSpec};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyString, PyTuple};
+
+use crate::errors::to_pyerr;
+use crate::pyfile::PyFileReader;
+use crate::wait::next_item;
+
+/// How long `close()` waits for the reader threads to exit.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads tar shards into samples on Rust threads; iterating it yields sample dicts.
+#[pyclass(frozen, module = "fastwds._core")]
+pub struct ShardReader {
+    shards: Py<PyAny>,
+    options: Options,
+}
+
+struct Options {
+    threads: usize,
+    prefetch: usize,
+    ordered: bool,
+    buffer_bytes: usize,
+    buffer_samples: usize,
+    fields: Option<Vec<String>>,
+    select_files: Option<Py<PyAny>>,
+    rename_files: Option<Py<PyAny>>,
+    lcase: bool,
+    members: bool,
+    handler: Option<Py<PyAny>>,
+}
+
+impl Options {
+    fn config(&self, py: Python<'_>) -> ReaderConfig {
+        ReaderConfig {
+            threads: self.threads,
+            prefetch: self.prefetch,
+            ordered: self.ordered,
+            buffer_bytes: self.buffer_bytes,
+            buffer_samples: self.buffer_samples,
+            fields: self.fields.as_ref().map(|f| f.iter().cloned().collect::<HashSet<_>>()),
+            select_files: self.select_files.as_ref().map(|f| {
+                let f = f.clone_ref(py);
+                Arc::new(move |name: &str| {
+                    Python::attach(|py| f.call1(py, (name,)).and_then(|r| r.is_truthy(py)).map_err(|e| e.to_string()))
+                }) as Arc<fastwds_core::reader::SelectFn>
+            }),
+            rename_files: self.rename_files.as_ref().map(|f| {
+                let f = f.clone_ref(py);
+                Arc::new(move |name: &str| {
+                    Python::attach(|py| f.call1(py, (name,)).and_then(|r| r.extract::<String>(py)).map_err(|e| e.to_string()))
+                }) as Arc<fastwds_core::reader::RenameFn>
+            }),
+            lcase: self.lcase,
+            members: self.members,
+        }
+    }
+
+    fn to_kwargs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("threads", self.threads)?;
+        d.set_item("prefetch", self.prefetch)?;
+        d.set_item("ordered", self.ordered)?;
+        d.set_item("buffer_bytes", self.buffer_bytes)?;
+        d.set_item("buffer_samples", self.buffer_samples)?;
+        d.set_item("fields", self.fields.clone())?;
+        d.set_item("select_files", self.select_files.as_ref().map(|f| f.clone_ref(py)))?;
+        d.set_item("rename_files", self.rename_files.as_ref().map(|f| f.clone_ref(py)))?;
+        d.set_item("lcase", self.lcase)?;
+        d.set_item("members", self.members)?;
+        d.set_item("handler", self.handler.as_ref().map(|f| f.clone_ref(py)))?;
+        Ok(d)
+    }
+}
+
+#[pymethods]
+impl ShardReader {
+    #[new]
+    #[pyo3(signature = (shards, *, threads=0, prefetch=0, ordered=true, buffer_bytes=256*1024*1024,
+        buffer_samples=4096, fields=None, select_files=None, rename_files=None, lcase=true, members=false,
+        handler=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        shards: Py<PyAny>,
+        threads: usize,
+        prefetch: usize,
+        ordered: bool,
+        buffer_bytes: usize,
+        buffer_samples: usize,
+        fields: Option<Vec<String>>,
+        select_files: Option<Py<PyAny>>,
+        rename_files: Option<Py<PyAny>>,
+        lcase: bool,
+        members: bool,
+        handler: Option<Py<PyAny>>,
+    ) -> Self {
+        let options = Options {
+            threads,
+            prefetch,
+            ordered,
+            buffer_bytes,
+            buffer_samples,
+            fields,
+            select_files,
+            rename_files,
+            lcase,
+            members,
+            handler,
+        };
+        ShardReader { shards, options }
+    }
+
+    /// Starts one pass over the shards (threads start on the first `next()`).
+    fn __iter__(&self, py: Python<'_>) -> PyResult<SampleIterator> {
+        let shards = self.shards.bind(py).try_iter()?.unbind();
+        Ok(SampleIterator::new(py, shards, &self.options))
+    }
+
+    /// Pickles as configuration (for DataLoader workers started by spawn).
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let rebuild = py.import("fastwds._core")?.getattr("_rebuild_reader")?;
+        let args = PyTuple::new(py, [self.shards.clone_ref(py).into_bound(py), self.options.to_kwargs(py)?.into_any()])?;
+        PyTuple::new(py, [rebuild, args.into_any()])
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "ShardReader({}, threads={}, ordered={})",
+            self.shards.bind(py).repr()?,
+            self.options.threads,
+            if self.options.ordered { "True" } else { "False" }
+        ))
+    }
+}
+
+/// Rebuilds a pickled `ShardReader`.
+#[pyfunction]
+pub fn _rebuild_reader<'py>(
+    py: Python<'py>,
+    shards: Py<PyAny>,
+    kwargs: Bound<'py, PyDict>,
+) -> PyResult<Bound<'py, PyAny>> {
+    py.get_type::<ShardReader>().call((shards,), Some(&kwargs))
+}
+
+/// One pass over a ShardReader's shards; owns the reader threads and `pipe:` children.
+#[pyclass(frozen, module = "fastwds._core")]
+pub struct SampleIterator {
+    state: Mutex<IterState>,
+}
+
+struct IterState {
+    config: ReaderConfig,
+    shards: Option<Py<PyIterator>>,
+    pool: Option<Pool>,
+    /// The process that started the pool: after fork() the threads exist only in the parent.
+    pid: u32,
+    handler: Option<Py<PyAny>>,
+    done: bool,
+    field_names: HashMap<String, Py<PyString>>,
+    url: Option<(Arc<str>, Py<PyString>)>,
+}
+
+impl SampleIterator {
+    fn new(py: Python<'_>, shards: Py<PyIterator>, options: &Options) -> Self {
+        let state = IterState {
+            config: options.config(py),
+            shards: Some(shards),
+            pool: None,
+            pid: std::process::id(),
+            handler: options.handler.as_ref().map(|h| h.clone_ref(py)),
+            done: false,
+            field_names: HashMap::new(),
+            url: None,
+        };
+        SampleIterator { state: Mutex::new(state) }
+    }
+
+    fn lock(&self) -> PyResult<MutexGuard<'_, IterState>> {
+        match self.state.try_lock() {
+            Ok(guard) => Ok(guard),
+            Err(TryLockError::Poisoned(e)) => Ok(e.into_inner()),
+            Err(TryLockError::WouldBlock) => {
+                Err(PyRuntimeError::new_err("this SampleIterator is already being iterated by another thread"))
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl SampleIterator {
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let mut state = self.lock()?;
+        let result = state.next_sample(py);
+        if result.is_err() {
+            state.stop();
+        }
+        result
+    }
+
+    /// Stops the threads, kills and reaps `pipe:` children, and waits (bounded) for them to exit.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let mut state = self.lock()?;
+        state.done = true;
+        if let Some(mut pool) = state.pool.take() {
+            if state.pid == std::process::id() {
+                py.detach(|| pool.shutdown(CLOSE_TIMEOUT));
+            } else {
+                pool.abandon();
+            }
+        }
+        Ok(())
+    }
+
+    /// Reader threads still running (0 before the first `next()` and after the end).
+    #[getter]
+    fn threads_running(&self) -> PyResult<usize> {
+        let state = self.lock()?;
+        Ok(state.pool.as_ref().map_or(0, Pool::threads_running))
+    }
+}
+
+impl IterState {
+    fn next_sample<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            self.ensure_pool()?;
+            self.feed(py)?;
+            let pool = self.pool.as_mut().expect("ensure_pool started the pool");
+            match next_item(py, pool)? {
+                Next::Item(Item::Sample(sample)) => return self.to_dict(py, sample).map(Some),
+                Next::Item(Item::Error(e)) => {
+                    let err = to_pyerr(py, e);
+                    let Some(handler) = &self.handler else { return Err(err) };
+                    // webdataset's handler protocol: true skips the rest of this shard, false stops quietly,
+                    // raising propagates.
+                    if !handler.call1(py, (err.value(py),))?.is_truthy(py)? {
+                        self.stop();
+                        return Ok(None);
+                    }
+                }
+                Next::Item(Item::End) | Next::Pending => {}
+                Next::Idle => {
+                    if self.shards.is_none() {
+                        self.stop();
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    fn ensure_pool(&mut self) -> PyResult<()> {
+        if self.pool.is_some() {
+            if self.pid != std::process::id() {
+                self.stop();
+                return Err(PyRuntimeError::new_err(
+                    "this SampleIterator was started in another process (before fork()); \
+                     iterate the ShardReader again in this process",
+                ));
+            }
+            return Ok(());
+        }
+        self.pid = std::process::id();
+        self.pool = Some(Pool::start(self.config.clone()));
+        Ok(())
+    }
+
+    /// Submits shards from the Python iterable while the pool has room for them.
+    fn feed(&mut self, py: Python<'_>) -> PyResult<()> {
+        let Some(pool) = self.pool.as_mut() else { return Ok(()) };
+        while pool.wants_shard() {
+            let Some(shards) = &self.shards else { break };
+            match shards.bind(py).clone().next() {
+                Some(shard) => pool.submit(shard_spec(&shard?)?),
+                None => self.shards = None,
+            }
+        }
+        Ok(())
+    }
+
+    fn to_dict<'py>(&mut self, py: Python<'py>, sample: Sample) -> PyResult<Bound<'py, PyDict>> {
+        let url = match &self.url {
+            Some((u, s)) if Arc::ptr_eq(u, &sample.url) => s.clone_ref(py),
+            _ => {
+                let s = PyString::new(py, &sample.url).unbind();
+                self.url = Some((Arc::clone(&sample.url), s.clone_ref(py)));
+                s
+            }
+        };
+        let d = PyDict::new(py);
+        if self.config.members {
+            d.set_item(intern!(py, "fname"), sample.key)?;
+            let data = sample.fields.first().map_or(&[][..], |(_, data)| data.as_slice());
+            d.set_item(intern!(py, "data"), PyBytes::new(py, data))?;
+            d.set_item(intern!(py, "__url__"), url)?;
+            return Ok(d);
+        }
+        d.set_item(intern!(py, "__key__"), PyString::new(py, &sample.key))?;
+        d.set_item(intern!(py, "__url__"), url)?;
+        for (field, data) in sample.fields {
+            let name = self.field_names.entry(field).or_insert_with_key(|f| PyString::intern(py, f).unbind());
+            d.set_item(name.bind(py), PyBytes::new(py, &data))?;
+        }
+        Ok(d)
+    }
+
+    fn stop(&mut self) {
+        self.done = true;
+        self.shards = None;
+        if let Some(pool) = self.pool.take() {
+            if self.pid == std::process::id() {
+                drop(pool); // cancels; threads exit on their own
+            } else {
+                pool.abandon();
+            }
+        }
+    }
+}
+
+impl Drop for IterState {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A shard from Python: a URL string or path, a binary file object, or a dict with "url" (and "stream").
+fn shard_spec(shard: &Bound<'_, PyAny>) -> PyResult<ShardSpec> {
+    let py = shard.py();
+    if let Ok(url) = shard.extract::<String>() {
+        return Ok(ShardSpec::Url(url));
+    }
+    if let Ok(d) = shard.cast::<PyDict>() {
+        let url: String = match d.get_item("url")? {
+            Some(u) => u.str()?.extract()?,
+            None => return Err(PyTypeError::new_err("a shard dict needs a \"url\" key")),
+        };
+        return match d.get_item("stream")? {
+            Some(stream) if !stream.is_none() => {
+                Ok(ShardSpec::Stream { url, stream: Box::new(PyFileReader::new(stream.unbind())) })
+            }
+            _ => Ok(ShardSpec::Url(url)),
+        };
+    }
+    if shard.hasattr(intern!(py, "read"))? {
+        let url = match shard.getattr(intern!(py, "name")) {
+            Ok(name) => name.str()?.extract()?,
+            Err(_) => "<stream>".to_string(),
+        };
+        return Ok(ShardSpec::Stream { url, stream: Box::new(PyFileReader::new(shard.clone().unbind())) });
+    }
+    if shard.hasattr(intern!(py, "__fspath__"))? {
+        let path = py.import("os")?.getattr("fspath")?.call1((shard,))?;
+        return Ok(ShardSpec::Url(path.extract()?));
+    }
+    Err(PyTypeError::new_err(format!(
+        "a shard must be a URL string, a path, a binary file object or a dict with \"url\", not {}",
+        shard.get_type().name()?
+    )))
+}
+
+fn one_shard<'py>(py: Python<'py>, source: &Bound<'py, PyAny>, url: Option<String>) -> PyResult<Bound<'py, PyList>> {
+    if source.extract::<String>().is_ok() || url.is_none() {
+        return PyList::new(py, [source]);
+    }
+    let d = PyDict::new(py);
+    d.set_item("url", url)?;
+    d.set_item("stream", source)?;
+    PyList::new(py, [d])
+}
+
+/// Iterates the samples of one tar stream (a URL or a binary file object); `url` names it in samples.
+#[pyfunction]
+#[pyo3(signature = (source, *, url=None, fields=None, lcase=true, handler=None))]
+pub fn tar_samples(
+    py: Python<'_>,
+    source: &Bound<'_, PyAny>,
+    url: Option<String>,
+    fields: Option<Vec<String>>,
+    lcase: bool,
+    handler: Option<Py<PyAny>>,
+) -> PyResult<SampleIterator> {
+    let shards = one_shard(py, source, url)?;
+    let options = Options {
+        threads: 1,
+        prefetch: 1,
+        ordered: true,
+        buffer_bytes: 64 << 20,
+        buffer_samples: 1024,
+        fields,
+        select_files: None,
+        rename_files: None,
+        lcase,
+        members: false,
+        handler,
+    };
+    Ok(SampleIterator::new(py, shards.try_iter()?.unbind(), &options))
+}
+
+/// Iterates the regular-file members of one tar stream as `{"fname", "data", "__url__"}` dicts.
+#[pyfunction]
+#[pyo3(signature = (source, *, url=None))]
+pub fn tar_members(py: Python<'_>, source: &Bound<'_, PyAny>, url: Option<String>) -> PyResult<SampleIterator> {
+    let shards = one_shard(py, source, url)?;
+    let options = Options {
+        threads: 1,
+        prefetch: 1,
+        ordered: true,
+        buffer_bytes: 64 << 20,
+        buffer_samples: 1024,
+        fields: None,
+        select_files: None,
+        rename_files: None,
+        lcase: true,
+        members: true,
+        handler: None,
+    };
+    Ok(SampleIterator::new(py, shards.try_iter()?.unbind(), &options))
+}
+
+/// Splits a member name into (key, field) by the webdataset rule; None when it does not match.
+#[pyfunction]
+pub fn split_key(name: &str) -> Option<(String, String)> {
+    fastwds_core::split_key(name).map(|(k, f)| (k.to_string(), f.to_string()))
+}
