@@ -98,6 +98,12 @@ impl TarError {
     }
 
     pub fn into_shard_error(self, url: &str) -> ShardError {
-        ShardError { kind: self.kind, url: url.to_string(), member: self.member, offset: Some(self.offset), message: self.message }
+        ShardError {
+            kind: self.kind,
+            url: url.to_string(),
+            member: self.member,
+            offset: Some(self.offset),
+            message: self.message,
+        }
     }
 }

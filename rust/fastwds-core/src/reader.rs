@@ -21,6 +21,9 @@ use crate::sample::{is_metadata, split_key, Sample};
 use crate::source::{http_agent, open_url, ChildRegistry, Opened};
 use crate::tar::TarReader;
 
+/// The longest a consumer sleeps before looking at its queue again: the delay a partial batch can see.
+const POLL_SLICE: Duration = Duration::from_millis(2);
+
 /// Maps a member name to a new name (the reference's `rename_files`).
 pub type RenameFn = dyn Fn(&str) -> Result<String, String> + Send + Sync;
 /// Decides whether a member is read at all (the reference's `select_files`).
@@ -214,6 +217,7 @@ impl Pool {
 
     /// The next item in output order, waiting up to `timeout`.
     pub fn next(&mut self, timeout: Duration) -> Next {
+        let start = Instant::now();
         loop {
             if let Some(item) = self.next_buffered() {
                 return Next::Item(item);
@@ -223,9 +227,10 @@ impl Pool {
             }
             let slot = self.current_slot();
             // Batching amortises the lock; in ordered mode a batch never crosses into the next shard because
-            // each shard has its own slot.
-            match self.shared.ring.pop_into(slot, &mut self.local, 64, timeout) {
-                Ok(0) => return Next::Pending,
+            // each shard has its own slot. Short slices pick up a partial batch that no producer woke us for.
+            let slice = timeout.min(POLL_SLICE);
+            match self.shared.ring.pop_into(slot, &mut self.local, 256, slice) {
+                Ok(0) if start.elapsed() >= timeout => return Next::Pending,
                 Ok(_) => continue,
                 Err(Closed) => return Next::Idle,
             }
@@ -289,10 +294,10 @@ fn worker(shared: &Shared, tasks: &Receiver<Task>) {
         let outcome = read_shard(shared, slot, task.spec);
         let pushed = match outcome {
             Ok(()) => Ok(()),
-            Err(Stop::Failed(e)) => shared.ring.push(slot, Item::Error(e)),
+            Err(Stop::Failed(e)) => shared.ring.push_urgent(slot, Item::Error(e)),
             Err(Stop::Cancelled) => Err(Closed),
         };
-        if pushed.is_err() || shared.ring.push(slot, Item::End).is_err() {
+        if pushed.is_err() || shared.ring.push_urgent(slot, Item::End).is_err() {
             break;
         }
     }
@@ -347,7 +352,9 @@ fn read_members(shared: &Shared, slot: usize, opened: Opened, url: &Arc<str>) ->
         if shared.cancel.load(Ordering::Relaxed) {
             return Err(Stop::Cancelled);
         }
-        let Some(header) = tar.next_member().map_err(fail)? else { break };
+        let Some(header) = tar.next_member().map_err(fail)? else {
+            break;
+        };
         if is_metadata(&header.name) {
             continue;
         }
@@ -372,7 +379,9 @@ fn read_members(shared: &Shared, slot: usize, opened: Opened, url: &Arc<str>) ->
             shared.ring.push(slot, Item::Sample(member))?;
             continue;
         }
-        let Some((key, field)) = split_key(&name) else { continue };
+        let Some((key, field)) = split_key(&name) else {
+            continue;
+        };
         let field = if config.lcase { field.to_lowercase() } else { field.to_string() };
         if current.as_ref().is_none_or(|s| s.key != key) {
             if let Some(done) = current.take() {

@@ -3,10 +3,18 @@
 //!
 //! An item is admitted whenever its queue is below both limits, so one sample larger than the whole budget
 //! still passes (one at a time) instead of deadlocking.
+//!
+//! Waking a sleeping consumer costs a syscall and a context switch, more than producing a small sample, so
+//! producers wake it only once a batch is ready (or on `push_urgent`); a consumer that finds its queue empty
+//! sleeps in short slices and looks again, which bounds the delay a partial batch can see.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
+
+/// A queue this long (or this many bytes) is worth waking the consumer for.
+const WAKE_ITEMS: usize = 32;
+const WAKE_BYTES: usize = 1 << 20;
 
 /// The ring was closed: the consumer is gone or the read was cancelled.
 #[derive(Debug, PartialEq, Eq)]
@@ -61,6 +69,15 @@ impl<T: Weighed> Ring<T> {
 
     /// Appends to a slot's queue, blocking while it is full.
     pub fn push(&self, slot: usize, item: T) -> Result<(), Closed> {
+        self.push_inner(slot, item, false)
+    }
+
+    /// Appends and wakes the consumer at once: for the last item of a shard, which no batch will follow.
+    pub fn push_urgent(&self, slot: usize, item: T) -> Result<(), Closed> {
+        self.push_inner(slot, item, true)
+    }
+
+    fn push_inner(&self, slot: usize, item: T, urgent: bool) -> Result<(), Closed> {
         let mut state = self.lock();
         loop {
             if state.closed {
@@ -76,7 +93,8 @@ impl<T: Weighed> Ring<T> {
         let q = &mut state.queues[slot];
         q.bytes += item.weight();
         q.items.push_back(item);
-        if state.consumer_waiting {
+        let batch_ready = urgent || q.items.len() >= WAKE_ITEMS || q.bytes >= WAKE_BYTES || self.full(q);
+        if state.consumer_waiting && batch_ready {
             self.readable.notify_one();
         }
         Ok(())

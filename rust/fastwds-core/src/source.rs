@@ -191,7 +191,9 @@ pub fn open_url(url: &str, registry: &ChildRegistry, http: &ureq::Agent) -> Resu
             return Err(ShardError::new(
                 ErrorKind::Open,
                 url,
-                format!("unsupported URL scheme {scheme:?}: read it through a command, e.g. \"pipe:aws s3 cp {url} -\""),
+                format!(
+                    "unsupported URL scheme {scheme:?}: read it through a command, e.g. \"pipe:aws s3 cp {url} -\""
+                ),
             ));
         }
         url
@@ -266,9 +268,7 @@ pub fn http_agent() -> ureq::Agent {
 fn open_http(url: &str, agent: &ureq::Agent) -> Result<Box<dyn Read + Send>, ShardError> {
     match agent.get(url).call() {
         Ok(response) => Ok(Box::new(response.into_body().into_reader())),
-        Err(ureq::Error::StatusCode(code)) => {
-            Err(ShardError::new(ErrorKind::Open, url, format!("HTTP status {code}")))
-        }
+        Err(ureq::Error::StatusCode(code)) => Err(ShardError::new(ErrorKind::Open, url, format!("HTTP status {code}"))),
         Err(e) => Err(ShardError::new(ErrorKind::Open, url, format!("HTTP request failed: {e}"))),
     }
 }

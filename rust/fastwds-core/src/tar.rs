@@ -74,7 +74,8 @@ impl<R: Read> TarReader<R> {
             let h = &self.header;
             verify_checksum(h).map_err(|m| TarError::format(header_offset, None, m))?;
             let typeflag = h[156];
-            let size = parse_number(&h[124..136]).map_err(|m| TarError::format(header_offset, None, format!("size field: {m}")))?;
+            let size = parse_number(&h[124..136])
+                .map_err(|m| TarError::format(header_offset, None, format!("size field: {m}")))?;
             match typeflag {
                 b'x' | b'g' | b'L' | b'K' => {
                     if size > MAX_META_PAYLOAD {
@@ -83,7 +84,8 @@ impl<R: Read> TarReader<R> {
                     let payload = self.read_meta_payload(size, header_offset)?;
                     match typeflag {
                         b'x' => {
-                            let (path, psize) = parse_pax(&payload).map_err(|m| TarError::format(header_offset, None, m))?;
+                            let (path, psize) =
+                                parse_pax(&payload).map_err(|m| TarError::format(header_offset, None, m))?;
                             if path.is_some() {
                                 pax_path = path;
                             }
@@ -104,7 +106,11 @@ impl<R: Read> TarReader<R> {
                     };
                     let regular = matches!(typeflag, b'0' | b'7') || (typeflag == 0 && !name.ends_with('/'));
                     if typeflag == b'S' {
-                        return Err(TarError::format(header_offset, Some(&name), "GNU sparse members are not supported"));
+                        return Err(TarError::format(
+                            header_offset,
+                            Some(&name),
+                            "GNU sparse members are not supported",
+                        ));
                     }
                     // Links, devices, FIFOs and directories carry no payload we could use; a declared size is
                     // still skipped so the stream stays aligned.
@@ -192,10 +198,8 @@ impl<R: Read> TarReader<R> {
 
     fn read_meta_payload(&mut self, size: u64, header_offset: u64) -> Result<Vec<u8>, TarError> {
         let mut payload = Vec::with_capacity(size as usize);
-        let got = (&mut self.inner)
-            .take(size)
-            .read_to_end(&mut payload)
-            .map_err(|e| TarError::io(self.offset, None, &e))?;
+        let got =
+            (&mut self.inner).take(size).read_to_end(&mut payload).map_err(|e| TarError::io(self.offset, None, &e))?;
         self.offset += got as u64;
         if (got as u64) < size {
             return Err(TarError::truncated(header_offset, None, "inside an extended header's payload"));
@@ -238,7 +242,8 @@ pub(crate) fn parse_number(field: &[u8]) -> Result<u64, String> {
         }
         let mut value: u64 = u64::from(field[0] & 0x7f);
         for &b in &field[1..] {
-            value = value.checked_mul(256).and_then(|v| v.checked_add(u64::from(b))).ok_or("base-256 number overflows")?;
+            value =
+                value.checked_mul(256).and_then(|v| v.checked_add(u64::from(b))).ok_or("base-256 number overflows")?;
         }
         return Ok(value);
     }

@@ -56,7 +56,9 @@ impl Options {
             rename_files: self.rename_files.as_ref().map(|f| {
                 let f = f.clone_ref(py);
                 Arc::new(move |name: &str| {
-                    Python::attach(|py| f.call1(py, (name,)).and_then(|r| r.extract::<String>(py)).map_err(|e| e.to_string()))
+                    Python::attach(|py| {
+                        f.call1(py, (name,)).and_then(|r| r.extract::<String>(py)).map_err(|e| e.to_string())
+                    })
                 }) as Arc<fastwds_core::reader::RenameFn>
             }),
             lcase: self.lcase,
@@ -127,7 +129,8 @@ impl ShardReader {
     /// Pickles as configuration (for DataLoader workers started by spawn).
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let rebuild = py.import("fastwds._core")?.getattr("_rebuild_reader")?;
-        let args = PyTuple::new(py, [self.shards.clone_ref(py).into_bound(py), self.options.to_kwargs(py)?.into_any()])?;
+        let args =
+            PyTuple::new(py, [self.shards.clone_ref(py).into_bound(py), self.options.to_kwargs(py)?.into_any()])?;
         PyTuple::new(py, [rebuild, args.into_any()])
     }
 
@@ -245,7 +248,9 @@ impl IterState {
                 Next::Item(Item::Sample(sample)) => return self.to_dict(py, sample).map(Some),
                 Next::Item(Item::Error(e)) => {
                     let err = to_pyerr(py, e);
-                    let Some(handler) = &self.handler else { return Err(err) };
+                    let Some(handler) = &self.handler else {
+                        return Err(err);
+                    };
                     // webdataset's handler protocol: true skips the rest of this shard, false stops quietly,
                     // raising propagates.
                     if !handler.call1(py, (err.value(py),))?.is_truthy(py)? {
@@ -282,7 +287,9 @@ impl IterState {
 
     /// Submits shards from the Python iterable while the pool has room for them.
     fn feed(&mut self, py: Python<'_>) -> PyResult<()> {
-        let Some(pool) = self.pool.as_mut() else { return Ok(()) };
+        let Some(pool) = self.pool.as_mut() else {
+            return Ok(());
+        };
         while pool.wants_shard() {
             let Some(shards) = &self.shards else { break };
             match shards.bind(py).clone().next() {
