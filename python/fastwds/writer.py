@@ -1,0 +1,793 @@
+"""Write samples into tar shards: `TarWriter` (one tar file or stream) and `ShardWriter` (numbered shards).
+
+Samples are dicts `{"__key__": key, field: value, ...}`; each field becomes a tar member `key.field`, in the
+sample's field order. Values are encoded by extension (images, JSON, text, numbers, arrays, ...) unless
+`encoder=False`, in which case they must be bytes (or str, stored as UTF-8).
+
+The tar headers are built here directly (ustar, with a pax record only for names that do not fit), and
+output goes through a large in-process buffer, so writing costs little beyond copying the bytes.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+import lzma
+import os
+import pickle
+import re
+import tarfile
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from .gopen import gopen
+
+__all__ = [
+    "ShardWriter",
+    "TarWriter",
+    "add_handlers",
+    "bytestr",
+    "cbor_dumps",
+    "default_handlers",
+    "encode_based_on_extension",
+    "encode_based_on_extension1",
+    "imageencoder",
+    "make_encoder",
+    "make_handlers",
+    "mp_dumps",
+    "numpy_dumps",
+    "numpy_npz_dumps",
+    "tenbin_dumps",
+    "torch_dumps",
+]
+
+################################################################
+# encoders
+################################################################
+
+
+def imageencoder(image: Any, format: str = "PNG") -> bytes:
+    """Compresses an image (numpy HxW, HxWx1, HxWx3 or HxWx4, uint8 or float in [0, 1]; or PIL) to bytes.
+
+    `format` is a Pillow format name; "jpg" means JPEG (quality 100) and "img"/"image" mean PPM.
+    """
+    import PIL.Image
+
+    if not isinstance(image, (PIL.Image.Image, np.ndarray)):
+        raise ValueError(
+            f"cannot encode {type(image).__name__} as an image (needs a numpy array or PIL image)"
+        )
+    if isinstance(image, np.ndarray):
+        if image.dtype in (np.dtype("f"), np.dtype("d")):
+            lo, hi = float(np.amin(image)), float(np.amax(image))
+            if lo <= -0.001 or hi >= 1.001:
+                raise ValueError(f"image values out of range {lo} {hi}")
+            image = np.array(np.clip(image, 0.0, 1.0) * 255.0, "uint8")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+            raise ValueError(f"cannot encode an array of shape {image.shape} as an image")
+        image = PIL.Image.fromarray(image)
+    if format.upper() == "JPG":
+        format = "JPEG"
+    elif format.upper() in {"IMG", "IMAGE"}:
+        format = "PPM"
+    elif format.upper() in {"PGM", "PBM"}:
+        # Pillow writes netpbm through its PPM plugin, choosing P5 (pgm) for L and P4 (pbm) for 1-bit images.
+        image = image.convert("L" if format.upper() == "PGM" else "1")
+        format = "PPM"
+    opts = {"quality": 100} if format in {"JPEG", "tiff"} else {}
+    with io.BytesIO() as result:
+        image.save(result, format=format, **opts)
+        return result.getvalue()
+
+
+def bytestr(data: Any) -> bytes:
+    """Returns bytes as is, and anything else as the ASCII bytes of `str(data)`."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode("ascii")
+    return str(data).encode("ascii")
+
+
+def torch_dumps(data: Any) -> bytes:
+    """Serializes an object with `torch.save`."""
+    import torch
+
+    stream = io.BytesIO()
+    torch.save(data, stream)
+    return stream.getvalue()
+
+
+def numpy_dumps(data: np.ndarray) -> bytes:
+    """Serializes an array in `.npy` format."""
+    import numpy.lib.format
+
+    stream = io.BytesIO()
+    numpy.lib.format.write_array(stream, np.asanyarray(data))
+    return stream.getvalue()
+
+
+def numpy_npz_dumps(data: dict[str, np.ndarray]) -> bytes:
+    """Serializes a dict of arrays in compressed `.npz` format."""
+    if not isinstance(data, dict):
+        raise ValueError(f"npz needs a dict of arrays, not {type(data).__name__}")
+    for k, v in data.items():
+        if not isinstance(k, str) or not isinstance(v, np.ndarray):
+            raise ValueError(f"npz needs a dict of str -> numpy array; {k!r} maps to {type(v).__name__}")
+    stream = io.BytesIO()
+    np.savez_compressed(stream, **data)
+    return stream.getvalue()
+
+
+def tenbin_dumps(x: Any) -> memoryview:
+    """Serializes an array, or a list of arrays, in tenbin format."""
+    from . import tenbin
+
+    return memoryview(tenbin.encode_buffer(x if isinstance(x, list) else [x]))
+
+
+def cbor_dumps(x: Any) -> bytes:
+    """Serializes an object as CBOR (with the `cbor` package, or `cbor2`)."""
+    try:
+        import cbor  # type: ignore[import-not-found]
+    except ImportError:
+        import cbor2 as cbor  # type: ignore[import-not-found,no-redef]
+    return cbor.dumps(x)
+
+
+def mp_dumps(x: Any) -> bytes:
+    """Serializes an object as msgpack."""
+    import msgpack
+
+    return msgpack.packb(x)
+
+
+def add_handlers(
+    d: dict[str, Callable[[Any], Any]], keys: str | list[str], value: Callable[[Any], Any]
+) -> None:
+    """Registers `value` as the encoder for each extension in `keys` (a list or a space-separated string)."""
+    if isinstance(keys, str):
+        keys = keys.split()
+    for k in keys:
+        d[k] = value
+
+
+def _ascii_str(x: Any) -> bytes:
+    return str(x).encode("ascii")
+
+
+def _utf8(x: Any) -> bytes:
+    return x.encode("utf-8")
+
+
+def _json(x: Any) -> bytes:
+    return json.dumps(x).encode("utf-8")
+
+
+def make_handlers() -> dict[str, Callable[[Any], Any]]:
+    """Returns a fresh table of the default encoders, by extension."""
+    handlers: dict[str, Callable[[Any], Any]] = {}
+    add_handlers(handlers, "cls cls2 class count index inx id", _ascii_str)
+    add_handlers(handlers, "txt text transcript", _utf8)
+    add_handlers(handlers, "html htm", _utf8)
+    add_handlers(handlers, "pyd pickle", pickle.dumps)
+    add_handlers(handlers, "pth", torch_dumps)
+    add_handlers(handlers, "npy", numpy_dumps)
+    add_handlers(handlers, "npz", numpy_npz_dumps)
+    add_handlers(handlers, "ten tenbin tb", tenbin_dumps)
+    add_handlers(handlers, "json jsn", _json)
+    add_handlers(handlers, "mp msgpack msg", mp_dumps)
+    add_handlers(handlers, "cbor", cbor_dumps)
+    add_handlers(handlers, "jpg jpeg img image", lambda data: imageencoder(data, "jpg"))
+    add_handlers(handlers, "png", lambda data: imageencoder(data, "png"))
+    add_handlers(handlers, "pbm", lambda data: imageencoder(data, "pbm"))
+    add_handlers(handlers, "pgm", lambda data: imageencoder(data, "pgm"))
+    add_handlers(handlers, "ppm", lambda data: imageencoder(data, "ppm"))
+    add_handlers(handlers, "tiff tif", lambda data: imageencoder(data, "tiff"))
+    return handlers
+
+
+default_handlers = make_handlers()
+
+
+def encode_based_on_extension1(data: Any, tname: str, handlers: dict[str, Callable[[Any], Any]]) -> Any:
+    """Encodes one value by the extension of its field name `tname` (`x.json.gz` is JSON, then gzipped).
+
+    bytes pass through and str becomes UTF-8; metadata fields (starting with "_") must be str.
+    """
+    if tname[0] == "_":
+        if not isinstance(data, str):
+            raise ValueError("the values of metadata must be of string type")
+        return data
+    compress = tname.endswith(".gz")
+    if compress:
+        tname = tname[:-3]
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        result = data
+    elif isinstance(data, str):
+        result = data.encode("utf-8")
+    else:
+        extension = re.sub(r".*\.", "", tname).lower()
+        handler = handlers.get(extension)
+        if handler is None:
+            raise ValueError(f"no handler found for {extension}")
+        result = handler(data)
+    if compress:
+        result = gzip.compress(result)
+    return result
+
+
+def encode_based_on_extension(
+    sample: dict[str, Any], handlers: dict[str, Callable[[Any], Any]]
+) -> dict[str, Any]:
+    """Encodes every field of a sample by extension."""
+    return {k: encode_based_on_extension1(v, k, handlers) for k, v in sample.items()}
+
+
+def make_encoder(
+    spec: bool | dict[str, Callable[[Any], Any]] | Callable[[dict], dict] | None,
+) -> Callable[[dict], dict]:
+    """Turns an encoder spec into a sample -> sample function.
+
+    False/None: no encoding; True: the default extension encoders; a dict: extension -> encoder;
+    a callable: used as is.
+    """
+    if spec is False or spec is None:
+
+        def encoder(x: dict) -> dict:
+            return x
+
+        return encoder
+    if spec is True:
+        handlers = default_handlers
+    elif isinstance(spec, dict):
+        handlers = spec
+    elif callable(spec):
+        return spec
+    else:
+        raise ValueError(f"{spec}: unknown encoder spec")
+
+    def encode(sample: dict) -> dict:
+        return encode_based_on_extension(sample, handlers)
+
+    return encode
+
+
+################################################################
+# tar headers
+################################################################
+
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # tar output is padded to whole records, as GNU tar and Python's tarfile do
+_ZERO_BLOCK = bytes(_BLOCK)
+_PADDING = [bytes(n) for n in range(_BLOCK)]
+_MAX_OCTAL_11 = 8**11  # 8 GiB: the largest size or mtime an 11-digit octal field holds
+_MAX_OCTAL_7 = 8**7
+_POSIX_MAGIC = b"ustar\x0000"
+_GNU_MAGIC = b"ustar  \x00"
+_USTAR, _GNU = "ustar", "gnu"
+
+
+def _tar_format(format: Any) -> str:
+    """Maps the `format` argument (None, a tarfile constant or its name) to how long names are written."""
+    if format is None:
+        return _USTAR
+    if isinstance(format, str):
+        format = getattr(tarfile, format, format)
+        if isinstance(format, str):
+            format = {
+                "ustar": tarfile.USTAR_FORMAT,
+                "pax": tarfile.PAX_FORMAT,
+                "gnu": tarfile.GNU_FORMAT,
+            }.get(format.lower(), format)
+    if format in (tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT):
+        return _USTAR
+    if format == tarfile.GNU_FORMAT:
+        return _GNU
+    raise ValueError(f"unknown tar format {format!r} (use USTAR_FORMAT, PAX_FORMAT or GNU_FORMAT)")
+
+
+def _octal(value: int, width: int) -> bytes:
+    """A numeric field: zero-padded octal digits and a NUL (as Python's tarfile writes them)."""
+    return b"%0*o\x00" % (width - 1, value)
+
+
+def _pax_records(records: dict[str, str]) -> bytes:
+    """Encodes pax extended header records ("LEN key=value\\n", LEN counting the whole record)."""
+    out = []
+    for key, value in records.items():
+        body = b" " + key.encode("utf-8") + b"=" + value.encode("utf-8") + b"\n"
+        n = len(body)
+        length = n + len(str(n))
+        length = n + len(str(length))
+        out.append(str(length).encode("ascii") + body)
+    return b"".join(out)
+
+
+class _HeaderMaker:
+    """Builds the header blocks of regular-file members for fixed mode, owner and format."""
+
+    def __init__(self, user: str, group: str, mode: int, tar_format: str):
+        self.format = tar_format
+        self.magic = _POSIX_MAGIC if tar_format == _USTAR else _GNU_MAGIC
+        self.pax_owner: dict[str, str] = {}
+        uname = self._owner_field("uname", user)
+        gname = self._owner_field("gname", group)
+        self.mode = mode & 0o7777
+        # Header layout: name[100] mode[8] uid[8] gid[8] size[12] mtime[12] chksum[8] typeflag[1]
+        # linkname[100] magic+version[8] uname[32] gname[32] devmajor[8] devminor[8] prefix[155] pad[12].
+        self.mid = _octal(self.mode, 8) + _octal(0, 8) + _octal(0, 8)
+        # Device numbers stay NUL for regular files, as Python's tarfile leaves them.
+        self.tail = b"0" + bytes(100) + self.magic + uname + gname + bytes(16)
+        # The checksum field counts as eight spaces while the checksum is computed.
+        self.fixed_sum = sum(self.mid) + sum(self.tail) + 8 * 32
+        self._mtime = -1
+        self._mtime_field = b""
+        self._mtime_sum = 0
+
+    def _owner_field(self, name: str, value: str) -> bytes:
+        raw = value.encode("utf-8")
+        if len(raw) > 32 or not value.isascii():
+            if self.format == _GNU:
+                raise ValueError(f"{name} {value!r} does not fit a GNU tar header (32 ASCII bytes)")
+            self.pax_owner[name] = value
+            raw = value.encode("ascii", "replace")[:32]
+        return raw.ljust(32, b"\x00")
+
+    def _header(self, name: bytes, prefix: bytes, size: int, mtime: int, typeflag: bytes = b"0") -> bytes:
+        """One 512-byte header block (the general path: any type, prefix, out-of-range numbers as 0)."""
+        size_field = _octal(size if 0 <= size < _MAX_OCTAL_11 else 0, 12)
+        mtime_field = _octal(mtime if 0 <= mtime < _MAX_OCTAL_11 else 0, 12)
+        tail = typeflag + self.tail[1:]
+        mid = self.mid
+        if typeflag != b"0":  # extension headers (pax x, GNU L) are plain: mode 0644
+            mid = _octal(0o644, 8) + _octal(0, 8) + _octal(0, 8)
+        block = b"".join(
+            (
+                name.ljust(100, b"\x00"),
+                mid,
+                size_field,
+                mtime_field,
+                b" " * 8,
+                tail,
+                prefix.ljust(155, b"\x00"),
+            )
+        )
+        block = block.ljust(_BLOCK, b"\x00")
+        chksum = sum(block)
+        return block[:148] + b"%06o\x00 " % chksum + block[156:]
+
+    def make(self, name: str, size: int, mtime: int) -> bytes:
+        """The header block(s) for a regular file `name` of `size` bytes: one block in the common case."""
+        raw = name.encode("utf-8")
+        if len(raw) <= 100 and size < _MAX_OCTAL_11 and not self.pax_owner and name.isascii():
+            if mtime != self._mtime:
+                if not 0 <= mtime < _MAX_OCTAL_11:
+                    return self._make_general(name, raw, size, mtime)
+                self._mtime = mtime
+                self._mtime_field = _octal(mtime, 12)
+                self._mtime_sum = sum(self._mtime_field)
+            size_field = b"%011o\x00" % size
+            chksum = self.fixed_sum + sum(raw) + sum(size_field) + self._mtime_sum
+            return b"".join(
+                (
+                    raw,
+                    _PADDING[100 - len(raw)],
+                    self.mid,
+                    size_field,
+                    self._mtime_field,
+                    b"%06o\x00 " % chksum,
+                    self.tail,
+                    _PADDING[167],
+                )
+            )
+        return self._make_general(name, raw, size, mtime)
+
+    def _make_general(self, name: str, raw: bytes, size: int, mtime: int) -> bytes:
+        """Headers for names, sizes or owners that do not fit plain ustar fields."""
+        pax = dict(self.pax_owner)
+        prefix = b""
+        field = raw
+        longlink = b""
+        if self.format == _GNU:
+            if len(raw) > 100:
+                # GNU long name: a "././@LongLink" member of type L holding the name, then the real header.
+                longname = raw + b"\x00"
+                longlink = self._header(b"././@LongLink", b"", len(longname), 0, b"L")
+                longlink += longname + _PADDING[(-len(longname)) % _BLOCK]
+                field = raw[:100]
+        elif not name.isascii():
+            # pax carries UTF-8 names portably; the ustar field gets an ASCII stand-in.
+            pax["path"] = name
+            field = name.encode("ascii", "replace")[:100]
+        elif len(raw) > 100:
+            split = self._split(raw)
+            if split is not None:
+                prefix, field = split
+            else:
+                pax["path"] = name
+                field = raw[:100]
+        if not 0 <= size < _MAX_OCTAL_11:
+            if self.format == _GNU:
+                raise ValueError(f"member {name!r} is too large for a GNU tar header ({size} bytes)")
+            pax["size"] = str(size)
+        if not 0 <= mtime < _MAX_OCTAL_11:
+            if self.format == _GNU:
+                mtime = 0
+            else:
+                pax["mtime"] = str(mtime)
+        out = longlink
+        if pax:
+            records = _pax_records(pax)
+            out = self._header(b"././@PaxHeader", b"", len(records), 0, b"x")
+            out += records + _PADDING[(-len(records)) % _BLOCK]
+        return out + self._header(field, prefix, size, mtime)
+
+    @staticmethod
+    def _split(raw: bytes) -> tuple[bytes, bytes] | None:
+        """Splits a long name at a slash into ustar's prefix (<= 155 bytes) and name (<= 100 bytes)."""
+        cut = raw.find(b"/", 1)
+        while 0 < cut <= 155:
+            if 0 < len(raw) - cut - 1 <= 100:
+                return raw[:cut], raw[cut + 1 :]
+            cut = raw.find(b"/", cut + 1)
+        return None
+
+
+################################################################
+# output buffering and compression
+################################################################
+
+_BUFSIZE = 1 << 20
+
+
+def _write_all(sink: Any, data: Any) -> None:
+    """Writes all of `data`, also to raw streams whose write() may take only part of it."""
+    n = sink.write(data)
+    if n is None or n >= len(data):
+        return
+    view = memoryview(data)[n:]
+    while len(view):
+        n = sink.write(view)
+        if n is None:
+            return
+        view = view[n:]
+
+
+class _Compressed:
+    """A write-only stream compressing into another stream (gzip, bz2 or xz)."""
+
+    def __init__(self, raw: Any, kind: str):
+        self.raw = raw
+        if kind == "gz":
+            # wbits=31 makes a gzip container; level 6 is gzip's default speed/size trade-off.
+            self.comp: Any = zlib.compressobj(6, zlib.DEFLATED, 31)
+        elif kind == "bz2":
+            self.comp = bz2.BZ2Compressor(9)
+        else:
+            self.comp = lzma.LZMACompressor(format=lzma.FORMAT_XZ)
+
+    def write(self, data: Any) -> int:
+        out = self.comp.compress(data)
+        if out:
+            _write_all(self.raw, out)
+        return len(data)
+
+    def close(self) -> None:
+        _write_all(self.raw, self.comp.flush())
+
+
+class _Output:
+    """Collects tar bytes and writes them in pieces of about 1 MiB.
+
+    Small members are coalesced in a bytearray; large payloads are kept as separate pieces, which go to a
+    file descriptor with one `os.writev` (no user-space copy) or to a stream one `write` at a time.
+    """
+
+    _DIRECT = 16 << 10  # payloads this large are not copied into the coalescing buffer
+    _MAX_PIECES = 512  # well below IOV_MAX (1024 on Linux)
+
+    def __init__(self, sink: Any, fd: int | None):
+        self.sink = sink
+        self.fd = fd
+        self.small = bytearray()
+        self.pieces: list[Any] = []
+        self.pending = 0  # bytes held in self.pieces
+
+    def add(self, header: bytes, data: Any) -> None:
+        """Queues one member: its header block(s), its data and the padding to a whole block."""
+        small = self.small
+        small += header
+        size = len(data)
+        if size >= self._DIRECT:
+            if type(data) is not bytes:
+                data = bytes(data)  # a mutable buffer could change before it is written
+            self.pieces += (small, data)
+            self.pending += len(small) + size
+            self.small = bytearray(_PADDING[(-size) % _BLOCK])
+            if len(self.pieces) >= self._MAX_PIECES:
+                self.flush()
+        else:
+            small += data
+            small += _PADDING[(-size) % _BLOCK]
+
+    def maybe_flush(self) -> None:
+        """Writes the queued bytes out once there are enough of them."""
+        if self.pending + len(self.small) >= _BUFSIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes out everything queued."""
+        pieces = self.pieces
+        if self.small:
+            pieces.append(self.small)
+        if not pieces:
+            return
+        if self.fd is not None:
+            _writev_all(self.fd, pieces)
+        else:
+            for piece in pieces:
+                _write_all(self.sink, piece)
+        self.pieces = []
+        self.pending = 0
+        self.small = bytearray()
+
+
+def _writev_all(fd: int, pieces: list[Any]) -> None:
+    """Writes all pieces to a file descriptor, resuming after partial writes."""
+    while pieces:
+        n = os.writev(fd, pieces)
+        while pieces and n >= len(pieces[0]):
+            n -= len(pieces[0])
+            pieces = pieces[1:]
+        if n:
+            pieces = [memoryview(pieces[0])[n:], *pieces[1:]]
+
+
+def _compression(target: Any, compress: bool | str | None) -> str | None:
+    """The compression for a target (None, "gz", "bz2" or "xz"), as webdataset decides it."""
+    name = target if isinstance(target, str) else ""
+    if compress is False:
+        return None
+    if compress is True or compress == "gz" or name.endswith("gz"):
+        return "gz"
+    if compress == "bz2" or name.endswith("bz2"):
+        return "bz2"
+    if compress == "xz" or name.endswith("xz"):
+        return "xz"
+    return None
+
+
+################################################################
+# writers
+################################################################
+
+
+class TarWriter:
+    """Writes samples (dicts with a `__key__`) as members of one tar file or stream.
+
+    `fileobj` is a binary file object or a URL for `gopen` (path, `pipe:CMD`, `-`, ...). Output is gzipped
+    when `compress` is True/"gz" or the URL ends in "gz" ("bz2"/"xz" likewise). `encoder` is True (encode
+    by extension), False/None (values are bytes or str), an extension -> encoder dict or a callable on the
+    sample. Metadata fields other than `__key__` (names starting with "_") are only written with
+    `keep_meta=True`. Members get `mode`, owner names `user`/`group` and `mtime` (default: the time of
+    writing). `format` picks how over-long names are stored: ustar/pax (default) or GNU.
+    """
+
+    def __init__(
+        self,
+        fileobj: str | BinaryIO | Any,
+        user: str = "bigdata",
+        group: str = "bigdata",
+        mode: int = 0o0444,
+        compress: bool | str | None = None,
+        encoder: bool | dict | Callable[[dict], dict] | None = True,
+        keep_meta: bool = False,
+        mtime: float | None = None,
+        format: Any = None,
+    ) -> None:
+        self._headers = _HeaderMaker(user, group, mode, _tar_format(format))
+        self.mtime = mtime
+        self.user = user
+        self.group = group
+        self.mode = mode
+        self.compress = compress
+        self.encoder = make_encoder(encoder)
+        self.keep_meta = keep_meta
+        if isinstance(fileobj, os.PathLike):
+            fileobj = os.fspath(fileobj)
+        kind = _compression(fileobj, compress)
+        if isinstance(fileobj, str):
+            self.own_fileobj = fileobj != "-"
+            fileobj = gopen(fileobj, "wb")
+        else:
+            self.own_fileobj = False
+        self.stream = fileobj
+        sink: Any = _Compressed(fileobj, kind) if kind else fileobj
+        fd = None
+        if self.own_fileobj and not kind and isinstance(fileobj, (io.BufferedWriter, io.FileIO)):
+            # A file this writer opened: write to its descriptor directly (its buffer stays empty).
+            fd = fileobj.fileno()
+        self._out = _Output(sink, fd)
+        self._offset = 0
+        self.closed = False
+
+    def __enter__(self) -> TarWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        self.close()
+
+    def _prepare(self, obj: dict[str, Any]) -> tuple[list[tuple[bytes, Any]], int]:
+        """Encodes a sample into (header, data) pairs and the number of tar bytes they take."""
+        obj = self.encoder(obj)
+        if not isinstance(obj, dict) or "__key__" not in obj:
+            raise ValueError("object must contain a __key__")
+        key = obj["__key__"]
+        if not isinstance(key, str):
+            raise ValueError(f"__key__ must be a str, not {type(key).__name__}")
+        mtime = int(self.mtime) if self.mtime is not None else int(time.time())
+        members = []
+        total = 0
+        make = self._headers.make
+        for k, v in obj.items():
+            if k[0] == "_":
+                if k == "__key__" or not self.keep_meta:
+                    continue
+            if isinstance(v, bytes):
+                data = v
+            elif isinstance(v, str):
+                data = v.encode("utf-8")
+            elif isinstance(v, bytearray):
+                data = v
+            elif isinstance(v, memoryview):
+                data = v if v.format == "B" and v.ndim == 1 else v.tobytes()
+            else:
+                raise ValueError(f"{k} doesn't map to a bytes after encoding ({type(v)})")
+            size = len(data)
+            header = make(key + "." + k, size, mtime)
+            members.append((header, data))
+            total += len(header) + size + (-size) % _BLOCK
+        return members, total
+
+    def _write_prepared(self, members: list[tuple[bytes, Any]], total: int) -> None:
+        out = self._out
+        for header, data in members:
+            out.add(header, data)
+        out.maybe_flush()
+        self._offset += total
+
+    def write(self, obj: dict[str, Any]) -> int:
+        """Writes one sample and returns the number of bytes it added to the (uncompressed) tar stream."""
+        if self.closed:
+            raise ValueError("write to a closed TarWriter")
+        members, total = self._prepare(obj)
+        self._write_prepared(members, total)
+        return total
+
+    @staticmethod
+    def _final_size(offset: int) -> int:
+        """The size of a tar stream of `offset` bytes of members once its end blocks and padding are added."""
+        end = offset + 2 * _BLOCK
+        return end + (-end) % _RECORD
+
+    def close(self) -> None:
+        """Ends the archive, flushes it, and closes the output if this writer opened it."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            out = self._out
+            out.small += bytes(self._final_size(self._offset) - self._offset)
+            out.flush()
+            if isinstance(out.sink, _Compressed):
+                out.sink.close()
+            flush = getattr(self.stream, "flush", None)
+            if flush is not None:
+                flush()
+        finally:
+            if self.own_fileobj:
+                self.stream.close()
+
+    @staticmethod
+    def tarmode(fileobj: Any, compress: bool | str | None = None) -> str:
+        """The tarfile mode webdataset would use for this target ("w|", "w|gz", "w|bz2" or "w|xz")."""
+        kind = _compression(fileobj, compress)
+        return "w|" + (kind or "")
+
+
+class ShardWriter:
+    """Writes samples into numbered shards `pattern % shard`, starting a new one when a shard is full.
+
+    A new shard is started before a sample would make the current one hold more than `maxcount` samples
+    or grow past `maxsize` bytes (uncompressed tar size; a sample larger than that gets a shard of its own).
+    `post(fname)` runs after each shard is closed; `opener(fname)` opens the output (default: gopen).
+    `verbose` prints "# writing NAME COUNT SIZE TOTAL" when a shard starts; other keywords go to `TarWriter`.
+    """
+
+    def __init__(
+        self,
+        pattern: str,
+        maxcount: int = 100000,
+        maxsize: float = 3e9,
+        post: Callable[[str], Any] | None = None,
+        start_shard: int = 0,
+        verbose: int = 1,
+        opener: Callable[[str], Any] | None = None,
+        **kw: Any,
+    ) -> None:
+        self.verbose = verbose
+        self.kw = kw
+        self.maxcount = maxcount
+        self.maxsize = maxsize
+        self.post = post
+        self.tarstream: TarWriter | None = None
+        self.shard = start_shard
+        self.pattern = pattern
+        self.total = 0
+        self.count = 0
+        self.size = 0
+        self.fname: str | None = None
+        self.opener = opener
+        self.next_stream()
+
+    def next_stream(self) -> None:
+        """Closes the current shard and opens the next one."""
+        self.finish()
+        self.fname = self.pattern % self.shard
+        if self.verbose:
+            print("# writing", self.fname, self.count, "%.1f GB" % (self.size / 1e9), self.total)
+        self.shard += 1
+        if self.opener:
+            self.tarstream = TarWriter(self.opener(self.fname), **self.kw)
+            # The stream was opened for this shard alone: closing it with the shard flushes it.
+            self.tarstream.own_fileobj = True
+        else:
+            self.tarstream = TarWriter(self.fname, **self.kw)
+        self.count = 0
+        self.size = 0
+
+    def write(self, obj: dict[str, Any]) -> int:
+        """Writes one sample, first starting a new shard if it would not fit in the current one."""
+        if self.tarstream is None:
+            self.next_stream()
+        assert self.tarstream is not None
+        members, total = self.tarstream._prepare(obj)
+        full = self.count >= self.maxcount
+        if not full and self.count > 0:
+            full = TarWriter._final_size(self.size + total) > self.maxsize
+        if full:
+            self.next_stream()
+            assert self.tarstream is not None
+        self.tarstream._write_prepared(members, total)
+        self.count += 1
+        self.total += 1
+        self.size += total
+        return total
+
+    def finish(self) -> None:
+        """Closes the current shard and runs `post` on it."""
+        if self.tarstream is not None:
+            self.tarstream.close()
+            self.tarstream = None
+            if callable(self.post):
+                assert self.fname is not None
+                self.post(self.fname)
+
+    def close(self) -> None:
+        """Closes the last shard."""
+        self.finish()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *args: Any, **kw: Any) -> None:
+        self.close()
