@@ -3,6 +3,7 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod fork;
 mod pyfile;
 mod reader;
 mod wait;
@@ -10,6 +11,7 @@ mod wait;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    fork::install();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("ShardError", py.get_type::<errors::ShardError>())?;
     m.add_class::<reader::ShardReader>()?;

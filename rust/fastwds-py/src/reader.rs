@@ -1,6 +1,6 @@
 //! `ShardReader` (a picklable configuration) and `SampleIterator` (one pass, owning the threads).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
@@ -11,8 +11,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyString, PyTuple};
 
 use crate::errors::to_pyerr;
+use crate::fork;
 use crate::pyfile::PyFileReader;
 use crate::wait::next_item;
+
+/// Distinct field names remembered per iterator.
+const MAX_CACHED_NAMES: usize = 32;
 
 /// How long `close()` waits for the reader threads to exit.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -164,11 +168,12 @@ struct IterState {
     config: ReaderConfig,
     shards: Option<Py<PyIterator>>,
     pool: Option<Pool>,
-    /// The process that started the pool: after fork() the threads exist only in the parent.
-    pid: u32,
+    /// The fork generation that started the pool: after fork() the threads exist only in the parent.
+    generation: u64,
     handler: Option<Py<PyAny>>,
     done: bool,
-    field_names: HashMap<String, Py<PyString>>,
+    /// Interned field names: a sample has a handful, so a linear scan beats hashing.
+    field_names: Vec<(String, Py<PyString>)>,
     url: Option<(Arc<str>, Py<PyString>)>,
 }
 
@@ -178,10 +183,10 @@ impl SampleIterator {
             config: options.config(py),
             shards: Some(shards),
             pool: None,
-            pid: std::process::id(),
+            generation: fork::generation(),
             handler: options.handler.as_ref().map(|h| h.clone_ref(py)),
             done: false,
-            field_names: HashMap::new(),
+            field_names: Vec::new(),
             url: None,
         };
         SampleIterator { state: Mutex::new(state) }
@@ -218,7 +223,7 @@ impl SampleIterator {
         let mut state = self.lock()?;
         state.done = true;
         if let Some(mut pool) = state.pool.take() {
-            if state.pid == std::process::id() {
+            if state.generation == fork::generation() {
                 py.detach(|| pool.shutdown(CLOSE_TIMEOUT));
             } else {
                 pool.abandon();
@@ -271,7 +276,7 @@ impl IterState {
 
     fn ensure_pool(&mut self) -> PyResult<()> {
         if self.pool.is_some() {
-            if self.pid != std::process::id() {
+            if self.generation != fork::generation() {
                 self.stop();
                 return Err(PyRuntimeError::new_err(
                     "this SampleIterator was started in another process (before fork()); \
@@ -280,7 +285,7 @@ impl IterState {
             }
             return Ok(());
         }
-        self.pid = std::process::id();
+        self.generation = fork::generation();
         self.pool = Some(Pool::start(self.config.clone()));
         Ok(())
     }
@@ -320,8 +325,18 @@ impl IterState {
         d.set_item(intern!(py, "__key__"), PyString::new(py, &sample.key))?;
         d.set_item(intern!(py, "__url__"), url)?;
         for (field, data) in sample.fields {
-            let name = self.field_names.entry(field).or_insert_with_key(|f| PyString::intern(py, f).unbind());
-            d.set_item(name.bind(py), PyBytes::new(py, &data))?;
+            let name = match self.field_names.iter().find(|(f, _)| *f == field) {
+                Some((_, name)) => name.bind(py).clone(),
+                None => {
+                    let name = PyString::intern(py, &field);
+                    // Shards with ever-new field names would make the scan slow; such names go uncached.
+                    if self.field_names.len() < MAX_CACHED_NAMES {
+                        self.field_names.push((field, name.clone().unbind()));
+                    }
+                    name
+                }
+            };
+            d.set_item(name, PyBytes::new(py, &data))?;
         }
         Ok(d)
     }
@@ -330,7 +345,7 @@ impl IterState {
         self.done = true;
         self.shards = None;
         if let Some(pool) = self.pool.take() {
-            if self.pid == std::process::id() {
+            if self.generation == fork::generation() {
                 drop(pool); // cancels; threads exit on their own
             } else {
                 pool.abandon();
