@@ -1,0 +1,401 @@
+"""The fastwds benchmark: fastwds beside webdataset 1.0.2 and the machine's own limits, on the same shards.
+
+    python benches/harness.py [--quick] [--data DIR] [--only NAME,...] [--json FILE]
+
+Makes (or reuses) the sample datasets, runs every configuration in a fresh process with the page cache warm,
+and prints one markdown table to stdout (progress goes to stderr). See benches/README.md for what each row
+means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import datasets  # noqa: E402  (benches/ is not a package; the script's own directory comes first)
+import measure  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CACHE = HERE / ".cache"
+QUICK_SCALE = 0.05
+# The ring buffer budget of ShardReader's defaults plus what we allow as fixed overhead on top of it.
+RING_BUFFER_MB = 256
+RSS_OVERHEAD_MB = 100
+
+READERS = {
+    "cat": "cat > /dev/null",
+    "gzip": "gzip -dc > /dev/null",
+    "webdataset": "webdataset",
+    "fastwds-wds": "fastwds.WebDataset",
+    "fastwds-core": "fastwds.ShardReader",
+}
+WORKLOADS = {
+    "raw": "raw",
+    "shuffle": "shuffle(1000).to_tuple",
+    "decode": 'decode("rgb8").to_tuple',
+    "loader0": "DataLoader nw=0, crop224, bs=64",
+    "loader2": "DataLoader nw=2, crop224, bs=64",
+}
+TUPLE_FIELDS = {"tiny": ["txt", "json"], "imagenet": ["jpg", "cls"], "large": ["npy"]}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration to measure: a reader running a workload over one dataset in one format."""
+
+    dataset: str
+    format: str
+    workload: str
+    reader: str
+
+    @property
+    def ident(self) -> str:
+        """A stable name for the row, used in the JSON results."""
+        return f"{self.dataset}/{self.format}/{self.workload}/{self.reader}"
+
+
+def plan_rows() -> list[Row]:
+    """Every row the full benchmark measures, in table order."""
+    rows = []
+    for name in datasets.SPECS:
+        for fmt in datasets.FORMATS:
+            rows.append(Row(name, fmt, "raw", "cat" if fmt == "tar" else "gzip"))
+            for reader in ("webdataset", "fastwds-core", "fastwds-wds"):
+                rows.append(Row(name, fmt, "raw", reader))
+            # Pipeline rows run on the .tar only: the .tgz rows above already show what inflating costs.
+            if fmt == "tar" and name == "tiny":
+                rows += [Row(name, fmt, "shuffle", r) for r in ("webdataset", "fastwds-wds")]
+            if fmt == "tar" and name == "imagenet":
+                for workload in ("decode", "loader0", "loader2"):
+                    rows += [Row(name, fmt, workload, r) for r in ("webdataset", "fastwds-wds")]
+    return rows
+
+
+def _vocabulary() -> dict[str, dict[str, str]]:
+    """--only names per category, each mapped to the value it selects (reader labels work as names too)."""
+    readers = {k: k for k in READERS} | {v.split()[0].lower(): k for k, v in READERS.items()}
+    readers["fastwds"] = "fastwds*"
+    readers["shardreader"] = "fastwds-core"
+    return {
+        "dataset": {k: k for k in datasets.SPECS},
+        "format": {k: k for k in datasets.FORMATS},
+        "workload": {k: k for k in WORKLOADS},
+        "reader": readers,
+    }
+
+
+def select_rows(rows: list[Row], only: str | None) -> list[Row]:
+    """Keeps the rows that match `only`: within a category any named value matches, across categories all must."""
+    if not only:
+        return rows
+    vocab = _vocabulary()
+    wanted: dict[str, set[str]] = {}
+    for raw_name in only.split(","):
+        name = raw_name.strip().lower()
+        if not name:
+            continue
+        for category, names in vocab.items():
+            if name in names:
+                wanted.setdefault(category, set()).add(names[name])
+                break
+        else:
+            valid = sorted({n for names in vocab.values() for n in names})
+            raise SystemExit(f"--only: unknown name {raw_name!r}; valid names: {', '.join(valid)}")
+
+    def matches(row: Row) -> bool:
+        for category, values in wanted.items():
+            value = getattr(row, category)
+            if value not in values and not (value.startswith("fastwds") and "fastwds*" in values):
+                return False
+        return True
+
+    return [row for row in rows if matches(row)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Targets, from the issues: a row's target is checked against another row of the same run.
+
+
+@dataclass
+class Target:
+    """A goal a row is checked against, and whether this run met it (None when it could not be checked)."""
+
+    text: str
+    met: bool | None
+
+    def render(self) -> str:
+        """The target and its verdict, for the table."""
+        verdict = {True: "met", False: "missed", None: "unchecked"}[self.met]
+        return f"{self.text}: {verdict}"
+
+
+def _ratio_target(ratio: float | None, goal: float, text: str) -> Target:
+    return Target(text, None if ratio is None else ratio >= goal)
+
+
+def targets_for(row: Row, result: dict[str, Any], results: dict[Row, dict[str, Any]]) -> list[Target]:
+    """The issue's targets that apply to `row`, evaluated on this run's `results`."""
+    if not row.reader.startswith("fastwds") or result.get("status") != "ok":
+        return []
+    ratio = result.get("ratio")
+    targets = []
+    if row.workload == "raw":
+        if row.format == "tgz":
+            targets.append(_ratio_target(ratio, 3.0, ">= 3x webdataset"))
+        elif row.dataset == "tiny":
+            targets.append(_ratio_target(ratio, 10.0, ">= 10x webdataset"))
+        elif row.dataset == "imagenet":
+            targets.append(_ratio_target(ratio, 5.0, ">= 5x webdataset"))
+        elif row.dataset == "large":
+            cat = results.get(Row(row.dataset, row.format, "raw", "cat"), {})
+            share = result["mb_s"] / cat["mb_s"] if cat.get("status") == "ok" and cat.get("mb_s") else None
+            targets.append(_ratio_target(share, 0.70, ">= 70% of cat MB/s"))
+        if row.reader == "fastwds-wds" and row.dataset == "tiny" and row.format == "tar":
+            core = results.get(Row(row.dataset, row.format, "raw", "fastwds-core"), {})
+            share = result["samples_s"] / core["samples_s"] if core.get("status") == "ok" else None
+            targets.append(_ratio_target(share, 0.90, "pipeline overhead < 10% of ShardReader"))
+        if row.reader == "fastwds-core":
+            delta = result["peak_rss_mb"] - result["rss_after_imports_mb"]
+            targets.append(
+                Target(
+                    f"peak RSS - imports <= {RING_BUFFER_MB}+{RSS_OVERHEAD_MB} MB",
+                    delta <= RING_BUFFER_MB + RSS_OVERHEAD_MB,
+                )
+            )
+    elif row.workload == "shuffle" and row.dataset == "tiny":
+        targets.append(_ratio_target(ratio, 5.0, ">= 5x webdataset"))
+    elif row.workload.startswith("loader"):
+        targets.append(_ratio_target(ratio, 1.0, ">= 1.0x webdataset"))
+    return targets
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.{digits}f}"
+
+
+def add_rates(results: dict[Row, dict[str, Any]]) -> None:
+    """Adds samples/s, MB/s, µs/sample and the ratio to webdataset (same dataset, format, workload)."""
+    for result in results.values():
+        if result.get("status") == "ok" and result["seconds"] > 0:
+            result["samples_s"] = result["samples"] / result["seconds"]
+            result["mb_s"] = result["bytes"] / 1e6 / result["seconds"]
+            result["us_per_sample"] = (
+                1e6 * result["seconds"] / result["samples"] if result["samples"] else None
+            )
+    for row, result in results.items():
+        base = results.get(Row(row.dataset, row.format, row.workload, "webdataset"), {})
+        if result.get("status") == "ok" and base.get("status") == "ok" and base.get("samples_s"):
+            result["ratio"] = result["samples_s"] / base["samples_s"]
+
+
+def render_table(results: dict[Row, dict[str, Any]]) -> str:
+    """The markdown table of all rows, in the order they were run."""
+    header = [
+        "dataset",
+        "format",
+        "workload",
+        "reader",
+        "samples",
+        "samples/s",
+        "µs/sample",
+        "MB/s",
+        "ratio",
+        "peak RSS MB (change after imports)",
+        "target",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row, result in results.items():
+        cells = [row.dataset, row.format, WORKLOADS[row.workload], READERS[row.reader]]
+        status = result.get("status")
+        if status != "ok":
+            text = "n/a (not available)" if status == "n/a" else f"error: {result.get('error', '?')}"
+            cells += ["", text, "", "", "", "", ""]
+        else:
+            samples = f"{result['samples_per_pass']:,}"
+            if not result["complete"]:
+                samples += " (budget)"
+            elif result["passes"] > 1:
+                samples += f" x{result['passes']}"
+            if result.get("peak_rss_mb") is None:
+                rss = ""
+            else:
+                delta = result["peak_rss_mb"] - result["rss_after_imports_mb"]
+                rss = f"{_fmt(result['peak_rss_mb'])} ({delta:+,.0f})"
+                if result.get("workers_peak_rss_mb"):
+                    rss += f", worker {_fmt(result['workers_peak_rss_mb'])}"
+            ratio = result.get("ratio")
+            cells += [
+                samples,
+                _fmt(result["samples_s"]),
+                _fmt(result.get("us_per_sample"), 2),
+                _fmt(result["mb_s"], 1 if result["mb_s"] < 100 else 0),
+                f"{ratio:.2f}x" if ratio is not None else "",
+                rss,
+                "; ".join(t.render() for t in result.get("targets", [])),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        pass
+    if dist == "fastwds":
+        # A source checkout on PYTHONPATH has no distribution metadata; the extension knows its version.
+        try:
+            from fastwds import _core
+
+            return str(_core.__version__) + " (source tree)"
+        except Exception:  # any failure means "not importable" for the report
+            return "not importable"
+    return "not installed"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, cores, RAM, Python and library versions of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    ram_gb = None
+    try:
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
+            ram_gb = round(kib / 2**20, 1)
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "ram_gb": ram_gb,
+        "python": platform.python_version(),
+        "versions": {d: _version(d) for d in ("fastwds", "webdataset", "torch", "Pillow", "numpy")},
+    }
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    """One line describing the machine, printed under the table."""
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    return (
+        f"Machine: {info['cpu']}, {info['usable_cores']} cores usable ({info['cores']} online), "
+        f"{info['ram_gb']} GB RAM, Python {info['python']}; {versions}"
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help=f"datasets ~{round(1 / QUICK_SCALE)}x smaller, shorter budgets"
+    )
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_CACHE, help="dataset cache directory (default %(default)s)"
+    )
+    parser.add_argument(
+        "--only", help="comma-separated dataset/format/workload/reader names to run (see README)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the raw results to this file")
+    parser.add_argument(
+        "--scale", type=float, help="dataset size as a fraction of full (overrides --quick's)"
+    )
+    parser.add_argument(
+        "--budget", type=float, help="seconds after which a read stops at the next shard boundary"
+    )
+    parser.add_argument("--min-time", type=float, help="repeat shorter passes until this many seconds")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark and prints the table."""
+    args = parse_args(argv)
+    scale = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else 1.0)
+    budget = args.budget if args.budget is not None else (10.0 if args.quick else 60.0)
+    min_time = args.min_time if args.min_time is not None else (0.3 if args.quick else 2.0)
+    rows = select_rows(plan_rows(), args.only)
+    if not rows:
+        raise SystemExit("--only selected no rows")
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    made = {
+        name: datasets.ensure_dataset(name, args.data, scale, log)
+        for name in dict.fromkeys(r.dataset for r in rows)
+    }
+    results: dict[Row, dict[str, Any]] = {}
+    for number, row in enumerate(rows, 1):
+        data = made[row.dataset]
+        config = {
+            "reader": row.reader,
+            "workload": row.workload,
+            "paths": data.paths[row.format],
+            "sizes": data.sizes[row.format],
+            "samples_per_shard": data.samples_per_shard,
+            "fields": TUPLE_FIELDS[row.dataset],
+            "budget": budget,
+            "min_time": min_time,
+        }
+        log(f"[{number}/{len(rows)}] {row.ident} ...")
+        # Generous: a pass stops at the shard boundary after `budget`, which may be one long shard later.
+        result = measure.run_config(config, timeout=3 * budget + 300)
+        results[row] = result
+        if result.get("status") == "ok":
+            log(f"    {result['samples']:,} samples in {result['seconds']:.2f} s")
+        else:
+            log(f"    {result.get('status')}: {result.get('error')}")
+    add_rates(results)
+    for row, result in results.items():
+        result["targets"] = targets_for(row, result, results)
+
+    info = machine_info()
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(render_table(results))
+    print()
+    print(machine_line(info))
+    print(
+        f"Date: {date}; datasets at scale {scale:g} ({'quick' if scale != 1.0 else 'full'}); "
+        f"budget {budget:g} s per pass, passes repeated up to {min_time:g} s."
+    )
+    if args.json:
+        raw = {
+            "date": date,
+            "machine": info,
+            "scale": scale,
+            "budget": budget,
+            "min_time": min_time,
+            "datasets": {name: datasets.describe(d) for name, d in made.items()},
+            "rows": [
+                {"dataset": r.dataset, "format": r.format, "workload": r.workload, "reader": r.reader}
+                | {k: v for k, v in res.items() if k != "targets"}
+                | {"targets": [{"text": t.text, "met": t.met} for t in res.get("targets", [])]}
+                for r, res in results.items()
+            ],
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(raw, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

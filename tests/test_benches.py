@@ -1,0 +1,148 @@
+"""The benchmark harness: its datasets are deterministic and reused, and a run prints every row with the
+same sample counts for fastwds as for webdataset."""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+BENCHES = Path(__file__).resolve().parent.parent / "benches"
+
+
+def _load(name: str):
+    # Loaded by path under a private name: `datasets` would clash with the Hugging Face package of that name.
+    spec = importlib.util.spec_from_file_location(f"fastwds_bench_{name}", BENCHES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_datasets = _load("datasets")
+
+
+def _samples_by_webdataset(paths: list[str]) -> list[dict]:
+    import webdataset
+
+    # The reference leaves its shard files for the garbage collector to close; collect them here, where the
+    # ResourceWarning is expected, instead of at some later test's expense.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        samples = list(webdataset.WebDataset(paths, shardshuffle=False))
+        gc.collect()
+    # Compare fields only: webdataset also adds `__local_path__`.
+    return [{k: v for k, v in s.items() if k != "__local_path__"} for s in samples]
+
+
+def test_datasets_are_deterministic_reused_and_gzip_the_same_tar(tmp_path: Path) -> None:
+    first = bench_datasets.ensure_dataset("tiny", tmp_path / "a", scale=0.0004, log=lambda _: None)
+    second = bench_datasets.ensure_dataset("tiny", tmp_path / "b", scale=0.0004, log=lambda _: None)
+    assert (first.shards, first.samples_per_shard) == (8, 20)
+    for fmt in ("tar", "tgz"):
+        assert [Path(p).read_bytes() for p in first.paths[fmt]] == [
+            Path(p).read_bytes() for p in second.paths[fmt]
+        ]
+    for tar, tgz in zip(first.paths["tar"], first.paths["tgz"]):
+        assert gzip.decompress(Path(tgz).read_bytes()) == Path(tar).read_bytes()
+
+    stamps = [os.stat(p).st_mtime_ns for p in first.paths["tar"] + first.paths["tgz"]]
+    again = bench_datasets.ensure_dataset("tiny", tmp_path / "a", scale=0.0004, log=lambda _: pytest.fail(_))
+    assert again.paths == first.paths
+    assert [os.stat(p).st_mtime_ns for p in again.paths["tar"] + again.paths["tgz"]] == stamps
+
+    samples = _samples_by_webdataset(first.paths["tar"])
+    assert len(samples) == 160
+    assert len({s["__key__"] for s in samples}) == 160
+    assert all(set(s) == {"__key__", "__url__", "txt", "json"} for s in samples)
+    assert all(len(s["txt"]) == 30 and 20 <= len(s["json"]) <= 40 for s in samples)
+    assert [json.loads(s["json"])["id"] for s in samples] == list(range(160))
+
+
+def test_a_damaged_cache_is_rebuilt(tmp_path: Path) -> None:
+    made = bench_datasets.ensure_dataset("tiny", tmp_path, scale=0.0002, log=lambda _: None)
+    original = Path(made.paths["tar"][3]).read_bytes()
+    Path(made.paths["tar"][3]).write_bytes(original[:1024])
+    rebuilt = bench_datasets.ensure_dataset("tiny", tmp_path, scale=0.0002, log=lambda _: None)
+    assert Path(rebuilt.paths["tar"][3]).read_bytes() == original
+
+
+def test_imagenet_like_samples_are_real_jpegs_with_labels(tmp_path: Path) -> None:
+    from PIL import Image
+
+    made = bench_datasets.ensure_dataset("imagenet", tmp_path, scale=0.003, log=lambda _: None)
+    samples = _samples_by_webdataset(made.paths["tgz"])
+    assert len(samples) == 16 * 3
+    for sample in samples:
+        assert set(sample) == {"__key__", "__url__", "jpg", "cls", "json"}
+        assert 15_000 <= len(sample["jpg"]) <= 70_000
+        image = Image.open(io.BytesIO(sample["jpg"]))
+        assert image.format == "JPEG" and 256 <= min(image.size) and max(image.size) <= 400
+        assert json.loads(sample["json"])["label"] == int(sample["cls"].decode("ascii"))
+    # A pax header before the first member, as webdataset's TarWriter writes it.
+    assert b"mtime=1700000000.5" in Path(made.paths["tar"][0]).read_bytes()[:1536]
+
+
+def test_quick_harness_prints_every_row_and_fastwds_counts_match_webdataset(tmp_path: Path) -> None:
+    core = pytest.importorskip("fastwds._core")
+    results = tmp_path / "results.json"
+    # The harness's children must import the very fastwds this test imports (installed or source tree).
+    package_root = Path(core.__file__).resolve().parent.parent
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(package_root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    command = [sys.executable, str(BENCHES / "harness.py"), "--quick", "--scale", "0.002", "--min-time", "0"]
+    command += ["--data", str(tmp_path / "data"), "--json", str(results), "--only", "tiny,imagenet"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr
+
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table]
+    assert cells[0][:6] == ["dataset", "format", "workload", "reader", "samples", "samples/s"]
+    listed = {tuple(row[:4]) for row in cells[1:]}
+    expected = set()
+    for name in ("tiny", "imagenet"):
+        for fmt, machine in (("tar", "cat > /dev/null"), ("tgz", "gzip -dc > /dev/null")):
+            for reader in (machine, "webdataset", "fastwds.ShardReader", "fastwds.WebDataset"):
+                expected.add((name, fmt, "raw", reader))
+    for reader in ("webdataset", "fastwds.WebDataset"):
+        expected.add(("tiny", "tar", "shuffle(1000).to_tuple", reader))
+        expected.add(("imagenet", "tar", 'decode("rgb8").to_tuple', reader))
+        expected.add(("imagenet", "tar", "DataLoader nw=0, crop224, bs=64", reader))
+        expected.add(("imagenet", "tar", "DataLoader nw=2, crop224, bs=64", reader))
+    assert listed == expected
+    assert len(cells) - 1 == len(expected)
+    assert any(
+        line.startswith("Machine: ") and "webdataset 1.0.2" in line for line in proc.stdout.splitlines()
+    )
+
+    raw = json.loads(results.read_text())
+    totals = {"tiny": 8 * 100, "imagenet": 16 * 2}
+    assert {name: raw["datasets"][name]["samples"] for name in totals} == totals
+    rows = {(r["dataset"], r["format"], r["workload"], r["reader"]): r for r in raw["rows"]}
+    # The reference and the machine limits always run; the core must run now that it is built.
+    for key, row in rows.items():
+        if key[3] in ("webdataset", "cat", "gzip", "fastwds-core"):
+            assert row["status"] == "ok", (key, row)
+    compared = 0
+    for (name, fmt, workload, reader), row in rows.items():
+        if reader.startswith("fastwds") and row["status"] == "ok":
+            reference = rows[(name, fmt, workload, "webdataset")]
+            assert row["samples_per_pass"] == reference["samples_per_pass"] == totals[name], (
+                name,
+                fmt,
+                workload,
+            )
+            assert row["bytes"] >= sum(raw["datasets"][name]["sizes"][fmt])
+            compared += 1
+        elif row["status"] != "ok":
+            assert row["status"] == "n/a" and reader == "fastwds-wds", (name, fmt, workload, reader, row)
+    assert compared >= 4
