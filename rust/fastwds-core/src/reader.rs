@@ -383,6 +383,9 @@ fn read_members(shared: &Shared, slot: usize, opened: Opened, url: &Arc<str>) ->
             continue;
         };
         let field = if config.lcase { field.to_lowercase() } else { field.to_string() };
+        // The reference keeps `__key__` and `__url__` in the same dict as the fields, so a member named like
+        // them is a repeated field there; it must not overwrite the sample's key or URL here either.
+        let reserved = field == "__key__" || field == "__url__";
         if current.as_ref().is_none_or(|s| s.key != key) {
             if let Some(done) = current.take() {
                 shared.ring.push(slot, Item::Sample(done))?;
@@ -390,7 +393,7 @@ fn read_members(shared: &Shared, slot: usize, opened: Opened, url: &Arc<str>) ->
             current = Some(Sample::new(key.to_string(), Arc::clone(&url)));
         }
         let sample = current.as_mut().expect("a sample was just started");
-        if sample.has_field(&field) {
+        if reserved || sample.has_field(&field) {
             return Err(Stop::Failed(
                 ShardError::new(
                     ErrorKind::DuplicateField,

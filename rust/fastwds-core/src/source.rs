@@ -11,31 +11,46 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{ErrorKind, ShardError};
 
 const STDERR_TAIL: usize = 4096;
+/// How long a command that broke its stream gets to exit and flush its stderr before we stop waiting.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// The process groups of running `pipe:` commands, so that a cancelled read can kill them from any thread.
 #[derive(Default, Clone)]
 pub struct ChildRegistry {
-    pgids: Arc<Mutex<Vec<i32>>>,
+    state: Arc<Mutex<Registered>>,
+}
+
+#[derive(Default)]
+struct Registered {
+    pgids: Vec<i32>,
+    /// Set by `kill_all`: a command that a worker spawns after it (a race with cancellation) dies at once.
+    cancelled: bool,
 }
 
 impl ChildRegistry {
     fn add(&self, pgid: i32) {
-        lock(&self.pgids).push(pgid);
+        let mut state = lock(&self.state);
+        state.pgids.push(pgid);
+        if state.cancelled {
+            kill_group(pgid);
+        }
     }
 
     /// Removes a group before its leader is reaped, so a recycled pid is never signalled.
     fn remove(&self, pgid: i32) {
-        lock(&self.pgids).retain(|&p| p != pgid);
+        lock(&self.state).pgids.retain(|&p| p != pgid);
     }
 
-    /// Kills every registered command's process group.
+    /// Kills every registered command's process group, and any registered later.
     pub fn kill_all(&self) {
-        for &pgid in lock(&self.pgids).iter() {
+        let mut state = lock(&self.state);
+        state.cancelled = true;
+        for &pgid in &state.pgids {
             kill_group(pgid);
         }
     }
@@ -74,9 +89,7 @@ impl PipeCommand {
     /// naming the command, the status and the end of its stderr.
     pub fn finish(mut self, url: &str, cancel: &AtomicBool) -> Result<(), ShardError> {
         let status = self.wait(cancel);
-        if let Some(h) = self.stderr_reader.take() {
-            let _ = h.join();
-        }
+        self.join_stderr();
         match status {
             Some(s) if s.success() => Ok(()),
             Some(s) => Err(self.failure(url, s)),
@@ -87,26 +100,25 @@ impl PipeCommand {
     /// After the stream failed: if the command has exited (or exits within a moment) with a failure, that
     /// failure explains the broken stream better than the tar error does; the tar error is appended.
     pub fn explain(mut self, url: &str, stream_error: ShardError) -> ShardError {
-        for _ in 0..50 {
-            match self.child.as_mut().map(Child::try_wait) {
-                // SIGPIPE only says that we stopped reading first.
-                Some(Ok(Some(status))) if !status.success() && !killed_by_sigpipe(status) => {
-                    self.registry.remove(self.pgid);
-                    self.child = None;
-                    if let Some(h) = self.stderr_reader.take() {
-                        let _ = h.join();
-                    }
-                    let mut e = self.failure(url, status);
-                    e.message.push_str(&format!("; the stream was cut: {}", stream_error.message));
-                    e.member = stream_error.member;
-                    e.offset = stream_error.offset;
-                    return e;
-                }
-                Some(Ok(None)) => thread::sleep(Duration::from_millis(4)),
-                _ => break,
+        let deadline = Instant::now() + EXIT_GRACE;
+        while !self.leader_exited() {
+            if Instant::now() >= deadline {
+                return stream_error; // still running: dropping `self` kills it
             }
+            thread::sleep(Duration::from_millis(2));
         }
-        stream_error
+        match self.reap() {
+            // SIGPIPE only says that we stopped reading first.
+            Some(status) if !status.success() && !killed_by_sigpipe(status) => {
+                self.join_stderr();
+                let mut e = self.failure(url, status);
+                e.message.push_str(&format!("; the stream was cut: {}", stream_error.message));
+                e.member = stream_error.member;
+                e.offset = stream_error.offset;
+                e
+            }
+            _ => stream_error,
+        }
     }
 
     fn failure(&self, url: &str, status: ExitStatus) -> ShardError {
@@ -118,34 +130,64 @@ impl PipeCommand {
         ShardError::new(ErrorKind::Command, url, message)
     }
 
-    /// Polls for exit, releasing nothing that a canceller needs; kills the group when cancelled.
+    /// Polls for the shell's exit; kills the group when cancelled.
     fn wait(&mut self, cancel: &AtomicBool) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
+        self.child.as_ref()?;
         loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    self.registry.remove(self.pgid);
-                    self.child = None;
-                    return Some(status);
-                }
-                Ok(None) if cancel.load(Ordering::Relaxed) => {
-                    self.kill_and_reap();
-                    return None;
-                }
-                Ok(None) => thread::sleep(Duration::from_millis(2)),
-                Err(_) => {
-                    self.kill_and_reap();
-                    return None;
-                }
+            if self.leader_exited() {
+                return self.reap();
             }
+            if cancel.load(Ordering::Relaxed) {
+                self.kill_and_reap();
+                return None;
+            }
+            thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// Whether the shell has exited, without reaping it: while it is a zombie its pid (the group id) cannot
+    /// be reused, so its group can still be signalled safely.
+    fn leader_exited(&self) -> bool {
+        let Some(child) = &self.child else { return true };
+        // SAFETY: waitid writes only into `info`, which is zeroed and owned here.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let rc = libc::waitid(
+                libc::P_PID,
+                child.id() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            );
+            rc != 0 || info.si_pid() != 0
+        }
+    }
+
+    /// Reaps the exited shell after killing what it left running in its group: a background process that
+    /// holds stderr open would otherwise keep the shard from ending.
+    fn reap(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        kill_group(self.pgid);
+        self.registry.remove(self.pgid);
+        child.wait().ok()
     }
 
     fn kill_and_reap(&mut self) {
         if let Some(mut child) = self.child.take() {
-            self.registry.remove(self.pgid);
             kill_group(self.pgid);
+            self.registry.remove(self.pgid);
             let _ = child.wait();
+        }
+    }
+
+    /// Waits (bounded) for the stderr reader: a process outside the group may still hold the pipe open.
+    fn join_stderr(&mut self) {
+        let Some(handle) = self.stderr_reader.take() else { return };
+        let deadline = Instant::now() + EXIT_GRACE;
+        while !handle.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        if handle.is_finished() {
+            let _ = handle.join();
         }
     }
 }

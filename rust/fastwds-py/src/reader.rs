@@ -101,13 +101,14 @@ impl ShardReader {
         ordered: bool,
         buffer_bytes: usize,
         buffer_samples: usize,
-        fields: Option<Vec<String>>,
+        fields: Option<Bound<'_, PyAny>>,
         select_files: Option<Py<PyAny>>,
         rename_files: Option<Py<PyAny>>,
         lcase: bool,
         members: bool,
         handler: Option<Py<PyAny>>,
-    ) -> Self {
+    ) -> PyResult<Self> {
+        let fields = field_names(fields)?;
         let options = Options {
             threads,
             prefetch,
@@ -121,7 +122,7 @@ impl ShardReader {
             members,
             handler,
         };
-        ShardReader { shards, options }
+        Ok(ShardReader { shards, options })
     }
 
     /// Starts one pass over the shards (threads start on the first `next()`).
@@ -395,6 +396,15 @@ fn shard_spec(shard: &Bound<'_, PyAny>) -> PyResult<ShardSpec> {
     )))
 }
 
+/// Field names from any iterable of strings (a list, a set, a generator); a lone string is a mistake.
+fn field_names(fields: Option<Bound<'_, PyAny>>) -> PyResult<Option<Vec<String>>> {
+    let Some(fields) = fields else { return Ok(None) };
+    if fields.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err("fields must be an iterable of field names, not a single string"));
+    }
+    fields.try_iter()?.map(|name| name?.extract::<String>()).collect::<PyResult<Vec<_>>>().map(Some)
+}
+
 fn one_shard<'py>(py: Python<'py>, source: &Bound<'py, PyAny>, url: Option<String>) -> PyResult<Bound<'py, PyList>> {
     if source.extract::<String>().is_ok() || url.is_none() {
         return PyList::new(py, [source]);
@@ -412,10 +422,11 @@ pub fn tar_samples(
     py: Python<'_>,
     source: &Bound<'_, PyAny>,
     url: Option<String>,
-    fields: Option<Vec<String>>,
+    fields: Option<Bound<'_, PyAny>>,
     lcase: bool,
     handler: Option<Py<PyAny>>,
 ) -> PyResult<SampleIterator> {
+    let fields = field_names(fields)?;
     let shards = one_shard(py, source, url)?;
     let options = Options {
         threads: 1,
