@@ -83,16 +83,19 @@ impl ReaderConfig {
     }
 }
 
-/// A shard to read: a URL the core opens itself, or a stream opened by the caller.
+/// A shard to read: a URL the core opens itself, a URL read from another location (a cached local copy, a
+/// rewritten URL) but named by the original, or a stream opened by the caller.
 pub enum ShardSpec {
     Url(String),
+    Alias { url: String, location: String },
     Stream { url: String, stream: Box<dyn Read + Send> },
 }
 
 impl ShardSpec {
+    /// The name samples carry as `__url__`.
     pub fn url(&self) -> &str {
         match self {
-            ShardSpec::Url(url) | ShardSpec::Stream { url, .. } => url,
+            ShardSpec::Url(url) | ShardSpec::Alias { url, .. } | ShardSpec::Stream { url, .. } => url,
         }
     }
 }
@@ -323,6 +326,9 @@ fn read_shard(shared: &Shared, slot: usize, spec: ShardSpec) -> Result<(), Stop>
     let url: Arc<str> = Arc::from(spec.url());
     let mut opened = match spec {
         ShardSpec::Url(u) => open_url(&u, &shared.children, &shared.http).map_err(Stop::Failed)?,
+        ShardSpec::Alias { location, .. } => open_url(&location, &shared.children, &shared.http).map_err(|e| {
+            Stop::Failed(ShardError { url: url.to_string(), message: format!("{} ({location})", e.message), ..e })
+        })?,
         ShardSpec::Stream { stream, .. } => Opened { stream, command: None },
     };
     let command = opened.command.take();

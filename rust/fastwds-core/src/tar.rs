@@ -63,16 +63,30 @@ impl<R: Read> TarReader<R> {
         let mut pax_path: Option<String> = None;
         let mut pax_size: Option<u64> = None;
         loop {
-            let header_offset = self.offset;
+            let mut header_offset = self.offset;
+            let mut after_end = false;
             if !self.read_header(start)? {
-                self.finished = true;
                 if start != header_offset {
+                    self.finished = true;
                     return Err(TarError::format(start, None, "end-of-archive marker right after an extended header"));
                 }
-                return Ok(None);
+                match self.next_archive()? {
+                    Some(offset) => (start, header_offset, after_end) = (offset, offset, true),
+                    None => {
+                        self.finished = true;
+                        return Ok(None);
+                    }
+                }
             }
             let h = &self.header;
-            verify_checksum(h).map_err(|m| TarError::format(header_offset, None, m))?;
+            verify_checksum(h).map_err(|m| {
+                let m = if after_end {
+                    format!("data after the end-of-archive marker is not a tar header ({m})")
+                } else {
+                    m
+                };
+                TarError::format(header_offset, None, m)
+            })?;
             let typeflag = h[156];
             let size = parse_number(&h[124..136])
                 .map_err(|m| TarError::format(header_offset, None, format!("size field: {m}")))?;
@@ -167,9 +181,8 @@ impl<R: Read> TarReader<R> {
         Ok(())
     }
 
-    /// Reads one header block; false at a zero block (end of archive). A clean EOF here is a truncation too:
-    /// a well-formed archive always ends with zero blocks.
-    fn read_header(&mut self, member_start: u64) -> Result<bool, TarError> {
+    /// Reads up to one block into `header`, stopping early only at EOF; returns the bytes read.
+    fn fill_block(&mut self) -> Result<usize, TarError> {
         let mut filled = 0;
         while filled < BLOCK {
             match self.inner.read(&mut self.header[filled..]) {
@@ -180,6 +193,33 @@ impl<R: Read> TarReader<R> {
             }
         }
         self.offset += filled as u64;
+        Ok(filled)
+    }
+
+    /// After the first zero block: skips the zero blocks that end an archive. A concatenated archive
+    /// (`cat a.tar b.tar`) continues after them, read as `tar --ignore-zeros` reads it rather than dropped;
+    /// returns the offset of its first header (now in `header`), or None at the end of the stream.
+    fn next_archive(&mut self) -> Result<Option<u64>, TarError> {
+        loop {
+            let offset = self.offset;
+            let filled = self.fill_block()?;
+            let nonzero = self.header[..filled].iter().any(|&b| b != 0);
+            if filled < BLOCK {
+                if nonzero {
+                    return Err(TarError::format(offset, None, "trailing bytes after the end-of-archive marker"));
+                }
+                return Ok(None);
+            }
+            if nonzero {
+                return Ok(Some(offset));
+            }
+        }
+    }
+
+    /// Reads one header block; false at a zero block (end of archive). A clean EOF here is a truncation too:
+    /// a well-formed archive always ends with zero blocks.
+    fn read_header(&mut self, member_start: u64) -> Result<bool, TarError> {
+        let filled = self.fill_block()?;
         if filled == 0 {
             let what = if self.offset == 0 {
                 "before the first header (empty stream)".to_string()

@@ -173,6 +173,8 @@ struct IterState {
     generation: u64,
     handler: Option<Py<PyAny>>,
     done: bool,
+    /// An error raised by the shard iterable, held back until the shards before it are delivered.
+    deferred: Option<PyErr>,
     /// Interned field names: a sample has a handful, so a linear scan beats hashing.
     field_names: Vec<(String, Py<PyString>)>,
     url: Option<(Arc<str>, Py<PyString>)>,
@@ -187,6 +189,7 @@ impl SampleIterator {
             generation: fork::generation(),
             handler: options.handler.as_ref().map(|h| h.clone_ref(py)),
             done: false,
+            deferred: None,
             field_names: Vec::new(),
             url: None,
         };
@@ -266,6 +269,9 @@ impl IterState {
                 }
                 Next::Item(Item::End) | Next::Pending => {}
                 Next::Idle => {
+                    if let Some(err) = self.deferred.take() {
+                        return Err(err);
+                    }
                     if self.shards.is_none() {
                         self.stop();
                         return Ok(None);
@@ -298,8 +304,13 @@ impl IterState {
         };
         while pool.wants_shard() {
             let Some(shards) = &self.shards else { break };
-            match shards.bind(py).clone().next() {
-                Some(shard) => pool.submit(shard_spec(&shard?)?),
+            match shards.bind(py).clone().next().map(|shard| shard.and_then(|s| shard_spec(&s))) {
+                Some(Ok(spec)) => pool.submit(spec),
+                Some(Err(err)) => {
+                    // Raised where the stream is: after the samples of the shards already submitted.
+                    self.deferred = Some(err);
+                    self.shards = None;
+                }
                 None => self.shards = None,
             }
         }
@@ -372,11 +383,13 @@ fn shard_spec(shard: &Bound<'_, PyAny>) -> PyResult<ShardSpec> {
             Some(u) => u.str()?.extract()?,
             None => return Err(PyTypeError::new_err("a shard dict needs a \"url\" key")),
         };
-        return match d.get_item("stream")? {
-            Some(stream) if !stream.is_none() => {
-                Ok(ShardSpec::Stream { url, stream: Box::new(PyFileReader::new(stream.unbind())) })
-            }
-            _ => Ok(ShardSpec::Url(url)),
+        if let Some(stream) = d.get_item("stream")?.filter(|s| !s.is_none()) {
+            return Ok(ShardSpec::Stream { url, stream: Box::new(PyFileReader::new(stream.unbind())) });
+        }
+        // A cached copy or a rewritten URL is read from there; samples keep the original name.
+        return match d.get_item("local_path")?.filter(|p| !p.is_none()) {
+            Some(location) => Ok(ShardSpec::Alias { url, location: location.str()?.extract()? }),
+            None => Ok(ShardSpec::Url(url)),
         };
     }
     if shard.hasattr(intern!(py, "read"))? {

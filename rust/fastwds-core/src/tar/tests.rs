@@ -298,19 +298,33 @@ fn read_data_clears_the_buffer_first() {
 }
 
 #[test]
-fn end_of_archive_is_sticky_and_offset_stops_after_the_first_zero_block() {
-    let bytes = cat(&[file("a.txt", b"1"), end(), b"trailing garbage after the marker".to_vec()]);
+fn end_of_archive_is_sticky_after_the_trailing_zero_blocks() {
+    let bytes = cat(&[file("a.txt", b"1"), end(), vec![0u8; 300]]);
     let mut tar = TarReader::new(Cursor::new(&bytes));
     let h = tar.next_member().expect("ok").expect("a");
     tar.skip_data().expect("skip");
     assert!(tar.next_member().expect("end").is_none());
-    assert_eq!(tar.offset(), 1024 + 512);
+    assert_eq!(tar.offset(), bytes.len() as u64, "the zero padding after the marker is consumed");
     assert!(tar.next_member().expect("still the end").is_none());
-    // What follows the marker is left for the caller to drain.
-    let mut rest = Vec::new();
-    tar.into_inner().read_to_end(&mut rest).expect("drain");
-    assert_eq!(rest.len(), 512 + b"trailing garbage after the marker".len());
     assert_eq!(h.size, 1);
+}
+
+#[test]
+fn junk_after_the_end_marker_is_a_format_error_not_silently_dropped() {
+    let bytes = cat(&[file("a.txt", b"1"), end(), b"trailing garbage after the marker".to_vec()]);
+    let mut tar = TarReader::new(Cursor::new(&bytes));
+    tar.next_member().expect("ok").expect("a");
+    let err = tar.next_member().expect_err("junk after the marker");
+    assert_eq!(err.kind, ErrorKind::Format);
+    assert_eq!(err.offset, 1024 + 1024);
+    assert!(err.message.contains("after the end-of-archive marker"), "{}", err.message);
+}
+
+#[test]
+fn concatenated_archives_are_read_whole_like_tar_ignore_zeros() {
+    let bytes = cat(&[file("a.txt", b"1"), end(), file("b.txt", b"22"), end()]);
+    let got = read_all(&bytes).expect("both archives");
+    assert_eq!(names(&got), ["a.txt", "b.txt"]);
 }
 
 #[test]
