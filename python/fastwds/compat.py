@@ -1,0 +1,310 @@
+"""`WebDataset`, `WebLoader` and the fluent interface (`.shuffle(...).decode(...).to_tuple(...)`), with
+webdataset 1.0.2's signatures and defaults; the tar stage underneath is the Rust core."""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from collections.abc import Callable, Iterable
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import urlparse
+
+from . import autodecode, cache, filters, shardlists, utils
+from .filters import reraise_exception
+from .pipeline import DataPipeline
+from .tariterators import ShardSamples
+
+__all__ = ["FluidInterface", "check_empty", "WebDataset", "FluidWrapper", "WebLoader"]
+
+
+class FluidInterface:
+    """The chainable methods of `WebDataset`, `WebLoader` and `FluidWrapper`.
+
+    Each returns a new pipeline (`self.compose(stage)`) with one more stage from `fastwds.filters`.
+    """
+
+    def batched(
+        self,
+        batchsize: int,
+        collation_fn: Callable[[list[Any]], Any] | None = filters.default_collation_fn,
+        partial: bool = True,
+    ) -> Any:
+        """Group samples into batches of `batchsize`, collated by `collation_fn` (None: lists); the last
+        short batch is kept when `partial`."""
+        return self.compose(filters.batched(batchsize, collation_fn=collation_fn, partial=partial))
+
+    def unbatched(self) -> Any:
+        """Split batches back into samples."""
+        return self.compose(filters.unbatched())
+
+    def listed(self, batchsize: int, partial: bool = True) -> Any:
+        """Group samples into lists of `batchsize` without collating (webdataset ignores `partial` here)."""
+        return self.compose(filters.batched(batchsize=batchsize, collation_fn=None, partial=partial))
+
+    def unlisted(self) -> Any:
+        """Split lists back into samples."""
+        return self.compose(filters.unlisted())
+
+    def log_keys(self, logfile: str | None = None) -> Any:
+        """Append each sample's key to `logfile` (nothing when None)."""
+        return self.compose(filters.log_keys(logfile))
+
+    def shuffle(self, size: int, **kw: Any) -> Any:
+        """Shuffle samples through a buffer of `size` (`initial=`, `seed=`, `rng=` as `filters.shuffle`);
+        `size < 1` returns self unchanged."""
+        if size < 1:
+            return self
+        return self.compose(filters.shuffle(size, **kw))
+
+    def map(
+        self, f: Callable[[Any], Any], handler: Callable[[BaseException], bool] = reraise_exception
+    ) -> Any:
+        """Apply `f` to each sample; errors go to `handler`."""
+        return self.compose(filters.map(f, handler=handler))
+
+    def decode(
+        self,
+        *args: Any,
+        pre: list[Any] | None = None,
+        post: list[Any] | None = None,
+        only: Any = None,
+        partial: bool = False,
+        handler: Callable[[BaseException], bool] = reraise_exception,
+    ) -> Any:
+        """Decode fields by extension: strings are image specs ("rgb8", "pil", "torchrgb", ...), other
+        arguments are handlers `f(key, data)`; see `autodecode.Decoder` for `pre`, `post`, `only`, `partial`."""
+        decoder_handlers = [autodecode.imagehandler(x) if isinstance(x, str) else x for x in args]
+        decoder = autodecode.Decoder(decoder_handlers, pre=pre, post=post, only=only, partial=partial)
+        return self.map(decoder, handler=handler)
+
+    def map_dict(self, handler: Callable[[BaseException], bool] = reraise_exception, **kw: Any) -> Any:
+        """Apply `kw[field]` to each named field of dict samples."""
+        return self.compose(filters.map_dict(handler=handler, **kw))
+
+    def select(self, predicate: Callable[[Any], bool], **kw: Any) -> Any:
+        """Keep the samples for which `predicate` is true."""
+        return self.compose(filters.select(predicate, **kw))
+
+    def to_tuple(self, *args: Any, **kw: Any) -> Any:
+        """Turn dict samples into tuples of the named fields (`"jpg;png"` takes the first present)."""
+        return self.compose(filters.to_tuple(*args, **kw))
+
+    def map_tuple(self, *args: Any, handler: Callable[[BaseException], bool] = reraise_exception) -> Any:
+        """Apply `args[i]` to element i of tuple samples."""
+        return self.compose(filters.map_tuple(*args, handler=handler))
+
+    def slice(self, *args: int) -> Any:
+        """Keep samples `itertools.islice(stream, *args)`."""
+        return self.compose(filters.slice(*args))
+
+    def rename(self, **kw: Any) -> Any:
+        """Rename fields: `rename(image="jpg;png", keep=True)`."""
+        return self.compose(filters.rename(**kw))
+
+    def rsample(self, p: float = 0.5) -> Any:
+        """Keep each sample with probability `p`."""
+        return self.compose(filters.rsample(p))
+
+    def rename_keys(self, *args: Any, **kw: Any) -> Any:
+        """Rename fields by glob patterns (see `filters.rename_keys`)."""
+        return self.compose(filters.rename_keys(*args, **kw))
+
+    def extract_keys(self, *args: Any, **kw: Any) -> Any:
+        """Turn samples into tuples of the fields matching glob patterns (see `filters.extract_keys`)."""
+        return self.compose(filters.extract_keys(*args, **kw))
+
+    def xdecode(self, *args: Any, **kw: Any) -> Any:
+        """Decode fields with decoders chosen by glob patterns (see `filters.xdecode`)."""
+        return self.compose(filters.xdecode(*args, **kw))
+
+    def mcached(self) -> Any:
+        """Cache the samples of the first pass in memory and replay them afterwards."""
+        return self.compose(filters.Cached())
+
+    def lmdb_cached(self, *args: Any, **kw: Any) -> Any:
+        """Cache the samples of the first pass in an LMDB database (see `filters.LMDBCached`)."""
+        return self.compose(filters.LMDBCached(*args, **kw))
+
+
+def check_empty(source: Iterable[Any]) -> Any:
+    """Pass samples through; raise ValueError at the end when there were none."""
+    count = 0
+    for sample in source:
+        yield sample
+        count += 1
+    if count == 0:
+        raise ValueError(
+            "No samples found in dataset; perhaps you have fewer shards than workers.\n"
+            + "Turn off using empty_check=False in the WebDataset constructor."
+        )
+
+
+class WebDataset(DataPipeline, FluidInterface):
+    """A dataset of the samples in a set of tar shards, read by the Rust core; a torch IterableDataset when
+    torch is installed.
+
+    `urls`: a brace pattern (`train-{000000..000099}.tar`, several joined by `::`, `${X}` from `WDS_X`), a
+    list, a local directory ending in `/` (its `*.tar`, `*.tgz`, `*.tar.gz`, `*.tar.zst` files, sorted), a
+    `.yaml` multi-dataset spec or such a spec as a dict. URLs are local paths, `file:`, `-`, `pipe:CMD`,
+    http(s) (read natively), or any scheme `fastwds.gopen` knows.
+
+    The pipeline: shard list -> `nodesplitter` -> `workersplitter` -> shard shuffle (a buffer of
+    `shardshuffle` shards; `detshuffle=True` gives webdataset's per-epoch `seed + epoch` order) -> cache
+    (`cache_dir`, `cache_size`, `url_to_name`) -> tar reading and grouping in the core (`handler`,
+    `select_files`, `rename_files`) -> empty check. `resampled=True` (or `mode="resampled"`) draws shards
+    with replacement endlessly (use `.with_epoch(n)`).
+
+    Shard order: for a given `seed` (or `WDS_SEED`), the first epoch has webdataset's order and each later
+    epoch a different, reproducible one (webdataset repeats the first order forever). Without a seed every
+    epoch is shuffled afresh. With non-persistent DataLoader workers each epoch starts from a fresh copy of
+    the dataset: call `set_epoch(e)` before each epoch to get a new order there.
+    """
+
+    def __init__(
+        self,
+        urls: Any,
+        handler: Callable[[BaseException], bool] = reraise_exception,
+        mode: str | None = None,
+        resampled: bool = False,
+        repeat: bool = False,
+        shardshuffle: int | bool | None = None,
+        cache_size: float = -1,
+        cache_dir: str | None = None,
+        url_to_name: Callable[[str], str] = cache.pipe_cleaner,
+        detshuffle: bool = False,
+        nodesplitter: Callable[..., Any] | None = shardlists.single_node_only,
+        workersplitter: Callable[..., Any] | None = shardlists.split_by_worker,
+        select_files: Callable[[str], bool] | None = None,
+        rename_files: Callable[[str], str] | None = None,
+        empty_check: bool = True,
+        verbose: bool = False,
+        seed: Any = None,
+    ) -> None:
+        super().__init__()
+        if resampled:
+            mode = "resampled"
+        if mode == "resampled" and shardshuffle not in (False, None):
+            warnings.warn("WebDataset(shardshuffle=...) is ignored for resampled datasets", stacklevel=2)
+        elif shardshuffle is None:
+            warnings.warn(
+                "WebDataset(shardshuffle=...) is None; set explicitly to False or a number", stacklevel=2
+            )
+        if shardshuffle is True:
+            warnings.warn(
+                "set WebDataset(shardshuffle=...) to a positive integer or 0 or False", stacklevel=2
+            )
+            shardshuffle = 100
+        args = SimpleNamespace(**locals())
+        self.verbose = verbose
+        seeded = seed is not None or "WDS_SEED" in os.environ
+        self.seed = os.environ.get("WDS_SEED", random.randint(0, 1000000)) if seed is None else seed
+        self.update_cache_info(args)
+
+        # A stream of {"url": ...}.
+        self.create_url_iterator(args)
+        if nodesplitter is not None:
+            self.append(nodesplitter)
+        if workersplitter:
+            self.append(workersplitter)
+        if args.shardshuffle and args.mode != "resampled":
+            self.append(
+                shardlists.ShardShuffle(
+                    args.shardshuffle, seed=self.seed, deterministic=detshuffle, seeded=seeded
+                )
+            )
+        # Remote shards are downloaded whole into the cache; local ones are read in place either way.
+        if args.cache_dir is not None and args.cache_size != 0:
+            name_fn = cache.url_to_cache_name if url_to_name is cache.pipe_cleaner else url_to_name
+            self.append(
+                cache.FileCache(
+                    cache_dir=args.cache_dir,
+                    cache_size=args.cache_size,
+                    url_to_name=name_fn,
+                    handler=handler,
+                    verbose=verbose,
+                )
+            )
+        self.append(
+            ShardSamples(
+                handler=handler, select_files=select_files, rename_files=rename_files, empty_check=empty_check
+            )
+        )
+
+    def update_cache_info(self, args: SimpleNamespace) -> None:
+        """Apply `WDS_CACHE_SIZE` and `WDS_CACHE` from the environment. Raises ValueError when the cache
+        directory does not exist."""
+        args.cache_size = float(os.environ.get("WDS_CACHE_SIZE", args.cache_size))
+        args.cache_dir = os.environ.get("WDS_CACHE", args.cache_dir)
+        if args.cache_dir is not None:
+            args.cache_dir = os.path.expanduser(args.cache_dir)
+            if not os.path.exists(args.cache_dir):
+                raise ValueError(f"cache directory {args.cache_dir} does not exist")
+
+    def create_url_iterator(self, args: SimpleNamespace) -> None:
+        """Append the shard list stage for `args.urls`. Raises ValueError for what it cannot handle."""
+        urls = args.urls
+        if isinstance(urls, os.PathLike):
+            urls = os.fspath(urls)
+        explicit_seed = args.seed
+        if isinstance(urls, str) and (urls.endswith(".yaml") or urls.endswith(".yml")):
+            self.append(shardlists.MultiShardSample(urls, seed=explicit_seed))
+            return
+        if isinstance(urls, dict):
+            if "datasets" not in urls:
+                raise ValueError("a dict of urls must be a multi-dataset spec with a 'datasets' key")
+            self.append(shardlists.MultiShardSample(urls, seed=explicit_seed))
+            return
+        if isinstance(urls, str) and urls.endswith(".json"):
+            raise ValueError("unimplemented")
+        if isinstance(urls, str) and urlparse(urls).path.endswith("/"):
+            urls = shardlists.directory_shards(urls)
+        if isinstance(urls, str) or utils.is_iterable(urls):
+            if args.mode == "resampled":
+                if explicit_seed is None:
+                    self.append(shardlists.ResampledShards(urls))
+                else:
+                    self.append(shardlists.ResampledShards(urls, seed=explicit_seed, deterministic=True))
+            else:
+                self.append(shardlists.SimpleShardList(urls))
+            return
+        raise ValueError(f"cannot handle urls of type {type(urls)}")
+
+    def set_epoch(self, epoch: int) -> WebDataset:
+        """Make the next pass epoch `epoch` for the shard shuffle and resampling (for DataLoader workers that
+        are not persistent, which start each epoch from a fresh copy); returns self."""
+        for stage in self.pipeline:
+            epoch_stages = (
+                shardlists.ShardShuffle,
+                shardlists.ResampledShards,
+                shardlists.MultiShardSample,
+                filters.detshuffle,
+            )
+            if isinstance(stage, epoch_stages):
+                stage.epoch = epoch - 1
+        return self
+
+    def __enter__(self) -> WebDataset:
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self.close()
+
+
+class FluidWrapper(DataPipeline, FluidInterface):
+    """A `DataPipeline` over `initial` (a dataset or iterable) with the fluent methods."""
+
+    def __init__(self, initial: Any) -> None:
+        super().__init__()
+        self.append(initial)
+
+
+class WebLoader(DataPipeline, FluidInterface):
+    """A torch `DataLoader(*args, **kw)` with the fluent methods, e.g. for rebatching across workers:
+    `WebLoader(ds, batch_size=None, num_workers=4).unbatched().shuffle(1000).batched(64)`."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        from torch.utils.data import DataLoader
+
+        super().__init__(DataLoader(*args, **kw))

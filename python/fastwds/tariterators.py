@@ -1,0 +1,437 @@
+"""The tar stage: shard URLs in, samples out, read by the Rust core (`fastwds._core.ShardReader`).
+
+`tarfile_samples` / `tarfile_to_samples` (and `ShardSamples`, the stage `WebDataset` uses) hand the shard
+stream to the core lazily. The core reads local paths, `file:`, `-`, `pipe:` and http(s) itself; other
+schemes are opened here with `fastwds.gopen.gopen` and passed to it as streams. The member-level helpers
+(`tar_file_iterator`, `tar_file_expander`, `group_by_keys`, ...) keep webdataset's names and semantics for
+code that composes them; the first two read through the core as well.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from . import _core, handlers
+from .filters import pipelinefilter
+from .gopen import gopen as gopen_url
+from .gopen import rewrite_url
+from .utils import pytorch_worker_info
+
+__all__ = [
+    "base_plus_ext",
+    "valid_sample",
+    "shardlist",
+    "url_opener",
+    "tar_file_iterator",
+    "tar_file_expander",
+    "group_by_keys",
+    "tarfile_samples",
+    "tarfile_to_samples",
+    "ShardSamples",
+    "core_handler",
+    "is_native_url",
+]
+
+trace = False
+meta_prefix = "__"
+meta_suffix = "__"
+
+Handler = Callable[[BaseException], bool]
+
+# Schemes the core opens itself (besides "-", stdin).
+NATIVE_SCHEMES = frozenset(["", "file", "pipe", "http", "https"])
+
+
+def base_plus_ext(path: str) -> tuple[str, str] | tuple[None, None]:
+    """Split a member name into (key, extensions): the key ends before the first `.` of the last path
+    component. Returns (None, None) when there is no such dot."""
+    match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", path)
+    if not match:
+        return None, None
+    return match.group(1), match.group(2)
+
+
+def valid_sample(sample: Any) -> bool:
+    """Tell whether `sample` is a non-empty dict not marked `__bad__`."""
+    return (
+        sample is not None
+        and isinstance(sample, dict)
+        and len(sample) > 0
+        and not sample.get("__bad__", False)
+    )
+
+
+def shardlist(urls: str | Iterable[str], *, shuffle: bool = False) -> Iterator[dict[str, str]]:
+    """Yield `{"url": url}` for the brace-expanded URLs (shuffled with the global generator if asked)."""
+    import random
+
+    import braceexpand
+
+    urls = list(braceexpand.braceexpand(urls)) if isinstance(urls, str) else list(urls)
+    if shuffle:
+        random.shuffle(urls)
+    for url in urls:
+        yield dict(url=url)
+
+
+def is_native_url(url: str) -> bool:
+    """Tell whether the core opens `url` itself: a local path, `file:`, `-`, `pipe:` or http(s)."""
+    return url == "-" or urlparse(url).scheme in NATIVE_SCHEMES
+
+
+def local_path(url: str) -> str | None:
+    """Return the local file path a URL names (a plain path or `file:` URL), else None."""
+    if url == "-":
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme == "":
+        return parsed.path
+    if parsed.scheme == "file":
+        return url2pathname(parsed.path)
+    return None
+
+
+def _is_reraise(handler: Any) -> bool:
+    if handler is None or handler is handlers.reraise_exception:
+        return True
+    # webdataset's own reraise_exception (users pass wds handlers to fastwds and vice versa).
+    module = getattr(handler, "__module__", None) or ""
+    return getattr(handler, "__name__", None) == "reraise_exception" and module.startswith(
+        ("webdataset", "fastwds")
+    )
+
+
+def core_handler(handler: Handler | None) -> Handler | None:
+    """The `handler` argument for the core: None (the core raises) for reraise_exception, else `handler`."""
+    return None if _is_reraise(handler) else handler
+
+
+class _ShardFeed:
+    """The shard stream as the core wants it, pulled lazily by the core.
+
+    Each item (a `{"url": ...}` dict, maybe with "stream" and "local_path", or a URL string) becomes the URL
+    itself when the core can open it, else `{"url": url, "stream": gopen(url)}`. Errors while opening go
+    to `handler` (true: skip the shard, false: end the stream). Remembers how many shards it handed out, the
+    local path of each URL that has one (for `__local_path__`), and the streams handed to the core, which
+    this object owns and closes: `close_finished(url)` when the samples of `url` start arriving (the shards
+    before it are done, since the core yields shard by shard), `close()` at the end.
+    """
+
+    def __init__(self, src: Iterable[Any], handler: Handler | None, track_local: bool = False) -> None:
+        self.src = src
+        self.handler = handler
+        self.track_local = track_local
+        self.count = 0
+        self.local_paths: dict[str, str] = {}
+        self.opened: deque[tuple[str, Any]] = deque()
+
+    def __iter__(self) -> Iterator[Any]:
+        handler = self.handler
+        for item in self.src:
+            if isinstance(item, dict):
+                url = item["url"]
+                stream = item.get("stream")
+                given_path = item.get("local_path")
+            else:
+                url, stream, given_path = item, None, None
+            try:
+                if stream is not None:
+                    shard: Any = {"url": url, "stream": stream}
+                elif is_native_url(url) and rewrite_url(url) == url:
+                    shard = url
+                else:
+                    # GOPEN_REWRITE targets are opened in Python too, so samples keep the original URL.
+                    stream = gopen_url(url)
+                    shard = {"url": url, "stream": stream}
+            except Exception as exn:
+                exn.args = exn.args + (url,)
+                if handler is None:
+                    raise
+                if handler(exn):
+                    continue
+                return
+            if stream is not None:
+                self.opened.append((url, stream))
+            if self.track_local:
+                path = given_path if given_path is not None else local_path(url) if stream is None else None
+                if path is not None:
+                    self.local_paths[url] = path
+            self.count += 1
+            yield shard
+
+    def close_finished(self, url: str) -> None:
+        """Close the streams of the shards handed out before the first one named `url`."""
+        opened = self.opened
+        while opened and opened[0][0] != url:
+            _close_quietly(opened.popleft()[1])
+
+    def close(self) -> None:
+        """Close all streams handed out."""
+        while self.opened:
+            _close_quietly(self.opened.popleft()[1])
+
+
+def _close_quietly(stream: Any) -> None:
+    try:
+        stream.close()
+    except Exception:  # noqa: S110
+        # The core reported read errors where they happened; a failed close of an abandoned pipe adds nothing.
+        pass
+
+
+def _reader(
+    feed: _ShardFeed,
+    handler: Handler | None,
+    select_files: Callable[[str], bool] | None,
+    rename_files: Callable[[str], str] | None,
+    **kw: Any,
+) -> Any:
+    return _core.ShardReader(
+        feed, handler=core_handler(handler), select_files=select_files, rename_files=rename_files, **kw
+    )
+
+
+def _read_samples(
+    src: Iterable[Any],
+    handler: Handler | None,
+    select_files: Callable[[str], bool] | None,
+    rename_files: Callable[[str], str] | None,
+) -> Iterator[dict[str, Any]]:
+    feed = _ShardFeed(src, None if _is_reraise(handler) else handler)
+    samples = iter(_reader(feed, handler, select_files, rename_files))
+    try:
+        yield from samples
+    finally:
+        samples.close()
+        feed.close()
+
+
+def tarfile_samples(
+    src: Iterable[dict[str, Any]],
+    handler: Handler = handlers.reraise_exception,
+    select_files: Callable[[str], bool] | None = None,
+    rename_files: Callable[[str], str] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Read a stream of shards (`{"url": ...}` dicts) into samples `{"__key__", "__url__", field: bytes}`.
+
+    `handler` gets each error (opening a shard, a corrupt or cut shard): true skips the rest of that shard,
+    false ends the stream, raising propagates. `rename_files(name)` and then `select_files(name)` apply to
+    member names before grouping. Streams this opens (URLs the core does not read itself) are closed when the
+    iteration ends; `WebDataset` closes each as soon as its shard is done.
+    """
+    return _read_samples(src, handler, select_files, rename_files)
+
+
+tarfile_to_samples = pipelinefilter(tarfile_samples)
+
+
+class ShardSamples:
+    """The tar stage of `WebDataset`: `tarfile_samples` plus webdataset's `__local_path__` on samples of
+    local shards and its empty check.
+
+    With `empty_check`, a pass that reads shards but yields no sample raises ValueError (as webdataset). A
+    DataLoader worker or node that got no shard at all (fewer shards than workers; `split_by_worker` has
+    warned) yields nothing instead of raising.
+    """
+
+    def __init__(
+        self,
+        handler: Handler = handlers.reraise_exception,
+        select_files: Callable[[str], bool] | None = None,
+        rename_files: Callable[[str], str] | None = None,
+        empty_check: bool = True,
+        local_paths: bool = True,
+    ) -> None:
+        self.handler = handler
+        self.select_files = select_files
+        self.rename_files = rename_files
+        self.empty_check = empty_check
+        self.local_paths = local_paths
+
+    def __call__(self, src: Iterable[Any]) -> Iterator[dict[str, Any]]:
+        """Return the samples of the shards in `src`."""
+        feed = _ShardFeed(
+            src, None if _is_reraise(self.handler) else self.handler, track_local=self.local_paths
+        )
+        samples = iter(_reader(feed, self.handler, self.select_files, self.rename_files))
+        count = 0
+        try:
+            paths = feed.local_paths
+            opened = feed.opened
+            add_paths = self.local_paths
+            last_url = None
+            path = None
+            for sample in samples:
+                url = sample["__url__"]
+                if url != last_url:
+                    # A new shard: look its local path up once, and release the streams of finished shards.
+                    last_url = url
+                    path = paths.get(url) if add_paths else None
+                    if opened:
+                        feed.close_finished(url)
+                if path is not None:
+                    sample["__local_path__"] = path
+                count += 1
+                yield sample
+        finally:
+            samples.close()
+            feed.close()
+        if count == 0 and self.empty_check:
+            rank, world_size, worker, num_workers = pytorch_worker_info()
+            if feed.count == 0 and (num_workers > 1 or world_size > 1):
+                return
+            raise ValueError(
+                "No samples found in dataset; perhaps you have fewer shards than workers.\n"
+                + "Turn off using empty_check=False in the WebDataset constructor."
+            )
+
+
+def url_opener(
+    data: Iterable[dict[str, Any]],
+    handler: Handler = handlers.reraise_exception,
+    **kw: Any,
+) -> Iterator[dict[str, Any]]:
+    """Open each `{"url": ...}` with `gopen` and yield it with `"stream"` added; errors go to `handler`."""
+    for sample in data:
+        if not isinstance(sample, dict) or "url" not in sample:
+            raise ValueError(f"url_opener: expected a dict with a 'url' key, got {sample!r}")
+        url = sample["url"]
+        try:
+            stream = gopen_url(url, **kw)
+            sample.update(stream=stream)
+            yield sample
+        except Exception as exn:
+            exn.args = exn.args + (url,)
+            if handler(exn):
+                continue
+            break
+
+
+def tar_file_iterator(
+    fileobj: Any,
+    skip_meta: str | None = r"__[^/]*__($|/)",
+    handler: Handler = handlers.reraise_exception,
+    select_files: Callable[[str], bool] | None = None,
+    rename_files: Callable[[str], str] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield `{"fname", "data"}` for each regular file of a tar stream (read by the core).
+
+    Top-level `__*__` members and names matching `skip_meta` are skipped; `rename_files` and then
+    `select_files` apply to the names. An error (a corrupt or cut stream) goes to `handler`; the stream ends
+    after it either way.
+    """
+    members = _core.tar_members(fileobj)
+    try:
+        for member in members:
+            fname = member["fname"]
+            if "/" not in fname and fname.startswith(meta_prefix) and fname.endswith(meta_suffix):
+                continue
+            if skip_meta is not None and re.match(skip_meta, fname):
+                continue
+            if rename_files:
+                fname = rename_files(fname)
+            if select_files is not None and not select_files(fname):
+                continue
+            yield dict(fname=fname, data=member["data"])
+    except Exception as exn:
+        if exn.args:
+            exn.args = (str(exn.args[0]) + " @ " + str(fileobj),) + exn.args[1:]
+        handler(exn)
+    finally:
+        close = getattr(members, "close", None)
+        if close is not None:
+            close()
+
+
+def tar_file_expander(
+    data: Iterable[dict[str, Any]],
+    handler: Handler = handlers.reraise_exception,
+    select_files: Callable[[str], bool] | None = None,
+    rename_files: Callable[[str], str] | None = None,
+    eof_value: Any = {},  # noqa: B006 -- webdataset's marker value, never mutated
+) -> Iterator[dict[str, Any]]:
+    """Expand opened shards (`{"url", "stream"}` dicts) into members `{"fname", "data", "__url__"}`, with
+    `__local_path__` when the item has a `local_path`, and `eof_value` after each shard (None: no marker).
+
+    Each stream is closed once read (webdataset leaves them to the garbage collector).
+    """
+    for source in data:
+        url = source.get("url") if isinstance(source, dict) else None
+        try:
+            if not isinstance(source, dict) or "stream" not in source:
+                raise ValueError(f"tar_file_expander: expected a dict with a 'stream' key, got {source!r}")
+            path = source.get("local_path")
+            for sample in tar_file_iterator(
+                source["stream"], handler=handler, select_files=select_files, rename_files=rename_files
+            ):
+                sample["__url__"] = url
+                if path is not None:
+                    sample["__local_path__"] = path
+                yield sample
+            if eof_value is not None:
+                yield eof_value
+        except Exception as exn:
+            exn.args = exn.args + (source.get("stream") if isinstance(source, dict) else None, url)
+            if handler(exn):
+                continue
+            break
+        finally:
+            stream = source.get("stream") if isinstance(source, dict) else None
+            if stream is not None and hasattr(stream, "close"):
+                stream.close()
+
+
+def group_by_keys(
+    data: Iterable[dict[str, Any]],
+    keys: Callable[[str], tuple[Any, Any]] = base_plus_ext,
+    lcase: bool = True,
+    suffixes: set[str] | None = None,
+    handler: Handler = handlers.reraise_exception,
+) -> Iterator[dict[str, Any]]:
+    """Group consecutive members with the same key into samples `{"__key__", "__url__", ext: data}`.
+
+    An empty dict in `data` ends the current sample (the end-of-shard marker). `keys` splits a name into
+    (key, extension); names it cannot split are skipped. Extensions are lower-cased with `lcase`; only
+    `suffixes` are kept when given. A repeated extension within a sample is a ValueError (to `handler`).
+    """
+    current: dict[str, Any] | None = None
+    for filesample in data:
+        try:
+            if not isinstance(filesample, dict):
+                raise ValueError(f"group_by_keys: expected dicts, got {filesample!r}")
+            if filesample == {}:
+                if valid_sample(current):
+                    yield current
+                current = None
+                continue
+            fname, value = filesample["fname"], filesample["data"]
+            prefix, suffix = keys(fname)
+            if trace:
+                print(prefix, suffix, current.keys() if isinstance(current, dict) else None)
+            if prefix is None:
+                continue
+            if lcase:
+                suffix = suffix.lower()
+            if current is None or prefix != current["__key__"]:
+                if valid_sample(current):
+                    yield current
+                current = dict(__key__=prefix, __url__=filesample["__url__"])
+            if suffix in current:
+                raise ValueError(f"{fname}: duplicate file name in tar file {suffix} {current.keys()}")
+            if suffixes is None or suffix in suffixes:
+                current[suffix] = value
+            path = filesample.get("__local_path__")
+            if path is not None:
+                current["__local_path__"] = path
+        except Exception as exn:
+            exn.args = exn.args + (filesample.get("stream"), filesample.get("url"))
+            if handler(exn):
+                continue
+            break
+    if valid_sample(current):
+        yield current
