@@ -267,3 +267,20 @@ def test_more_samples_than_one_read(tmp_path):
     urls = [write_tarfile(tmp_path / f"big{i}.tar", s) for i, s in enumerate(make_samples(3, 400))]
     got = fastwds_samples(urls)
     assert [s["__key__"] for s in got] == [f"sample{i:06d}" for i in range(1200)]
+
+
+def test_reader_threads_share_the_cores_among_dataloader_workers() -> None:
+    import torch
+
+    from fastwds.tariterators import reader_threads
+
+    class Probe(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield reader_threads()
+
+    assert reader_threads() == 0  # outside a DataLoader: the core's own default
+    cores = len(os.sched_getaffinity(0))
+    got = list(
+        torch.utils.data.DataLoader(Probe(), num_workers=2, batch_size=None, multiprocessing_context="fork")
+    )
+    assert got == [max(1, cores // 2)] * 2

@@ -1,6 +1,6 @@
 """Type stubs for the Rust extension `fastwds._core`."""
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
 __version__: str
@@ -18,7 +18,9 @@ class ShardError(OSError):
 
 # A shard is a URL string (path, file:PATH, -, pipe:CMD, http(s)://...), a binary file object with
 # .read(n), or a dict with a "url" key (a webdataset shard-list item) and optionally a "stream" key
-# holding an opened binary file object.
+# holding an opened binary file object, or a "local_path" key naming where to read it from (a cached copy,
+# a rewritten URL) while samples keep "url" as their `__url__`. An exception raised by the shard iterable
+# surfaces after the samples of the shards before it.
 Shard = str | BinaryIO | dict[str, Any]
 
 class ShardReader:

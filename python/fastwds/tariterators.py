@@ -9,7 +9,9 @@ code that composes them; the first two read through the core as well.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -184,6 +186,17 @@ def _close_quietly(stream: Any) -> None:
         pass
 
 
+def reader_threads() -> int:
+    """Reader threads for one `ShardReader`: the cores shared among the DataLoader workers of this process's
+    loader (each worker runs its own reader), at least one; 0 (the core's default) outside a DataLoader."""
+    tud = sys.modules.get("torch.utils.data")
+    info = tud.get_worker_info() if tud is not None else None
+    if info is None or info.num_workers <= 1:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // info.num_workers)
+
+
 def _reader(
     feed: _ShardFeed,
     handler: Handler | None,
@@ -191,6 +204,7 @@ def _reader(
     rename_files: Callable[[str], str] | None,
     **kw: Any,
 ) -> Any:
+    kw.setdefault("threads", reader_threads())
     return _core.ShardReader(
         feed, handler=core_handler(handler), select_files=select_files, rename_files=rename_files, **kw
     )
