@@ -75,8 +75,8 @@ case "$cmd" in
         step "rustfmt";  cargo fmt --all --check
         step "clippy";   PYO3_PYTHON="$PY" cargo clippy --workspace --all-targets -q -- -D warnings
         step "cargo test"; PYO3_PYTHON="$PY" cargo test --workspace -q
-        step "ruff";     "$VENV/bin/ruff" check python tests benches
-        "$VENV/bin/ruff" format --check python tests benches
+        step "ruff";     "$VENV/bin/ruff" check python tests benches examples
+        "$VENV/bin/ruff" format --check python tests benches examples
         step "pytest";   "$PY" -m pytest -q -p no:cacheprovider
         wheel_check
         ;;

@@ -1,0 +1,108 @@
+"""Helpers the subcommands share: URL expansion, sizes, sample byte counts and outputs that appear whole."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterable
+from typing import Any, BinaryIO
+
+from ..shardlists import expand_urls
+
+
+class CommandError(Exception):
+    """A failure the command line reports as one message and a non-zero exit status (no traceback)."""
+
+
+def expand_all(urls: Iterable[str]) -> list[str]:
+    """Expands each argument's brace patterns (`a-{000..009}.tar`, `::` lists, `${X}`) into one URL list."""
+    result: list[str] = []
+    for url in urls:
+        result.extend(expand_urls(url))
+    if not result:
+        raise CommandError("no shards given")
+    return result
+
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$")
+
+
+def parse_size(text: str) -> int:
+    """Parses a byte count such as `3e9`, `500M`, `1GB` (powers of 1000) or `64KiB` (powers of 1024)."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (examples: 1000000, 3e9, 500M, 1G, 64KiB)")
+    number, unit, binary = match.groups()
+    base = 1024 if binary else 1000
+    power = " kmgt".index(unit.lower()) if unit else 0
+    return int(float(number) * base**power)
+
+
+def sample_bytes(sample: dict[str, Any]) -> int:
+    """The number of content bytes in a sample (its fields, not the metadata keys)."""
+    return sum(len(v) for k, v in sample.items() if not k.startswith("__"))
+
+
+def compression_of(name: str) -> str | None:
+    """ "gz" when an output name asks for gzip (`.tgz`, `.tar.gz`, `.gz`), else None."""
+    return "gz" if name.endswith(("gz",)) else None
+
+
+def check_not_terminal(stream: BinaryIO) -> None:
+    """Refuses to write a binary tar stream to a terminal, as gzip does."""
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        raise CommandError("refusing to write a tar stream to a terminal (redirect it or use -o FILE)")
+
+
+class AtomicOutput:
+    """A binary output that appears under its final name only when complete.
+
+    For a path, writes go to a hidden temporary file in the same directory, renamed over the path by
+    `commit()`; `abort()` removes it, so a failed run never leaves a half-written file under the final name.
+    For `-`, writes go straight to stdout (a stream cannot be taken back; a failed run exits non-zero and
+    never writes the tar end marker, so readers see a cut stream, not a short valid one).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.temp: str | None = None
+        if path == "-":
+            self.stream: BinaryIO = sys.stdout.buffer
+            check_not_terminal(self.stream)
+            return
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise CommandError(f"{path}: the output directory {directory} does not exist")
+        fd, self.temp = tempfile.mkstemp(
+            prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+        )
+        self.stream = os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        """Flushes the output and gives it its final name."""
+        if self.temp is None:
+            self.stream.flush()
+            return
+        self.stream.close()
+        # mkstemp creates 0600 files; give the output the permissions a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.temp, 0o666 & ~umask)
+        os.replace(self.temp, self.path)
+        self.temp = None
+
+    def abort(self) -> None:
+        """Removes the temporary file (a no-op for stdout or after commit)."""
+        if self.temp is None:
+            return
+        try:
+            self.stream.close()
+        finally:
+            try:
+                os.unlink(self.temp)
+            except FileNotFoundError:
+                pass
+            self.temp = None
