@@ -55,6 +55,7 @@ from .handlers import (
     warn_and_continue,
     warn_and_stop,
 )
+from .images import decode_images
 from .mix import RandomMix, RoundRobin
 from .pipeline import DataPipeline
 from .shardlists import (
@@ -74,6 +75,7 @@ from .utils import PipelineStage, repeatedly
 from .writer import ShardWriter, TarWriter, numpy_dumps, torch_dumps
 
 __all__ = [
+    "decode_images",
     "Cached",
     "Continue",
     "DataPipeline",

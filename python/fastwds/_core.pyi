@@ -88,3 +88,37 @@ def tar_members(source: str | BinaryIO, *, url: str | None = None) -> SampleIter
 def split_key(name: str) -> tuple[str, str] | None:
     """Splits a member name into (key, field) by the webdataset rule; None when it does not match."""
 
+def decode_image(
+    data: bytes,
+    mode: str = "rgb8",
+    *,
+    size: tuple[int, int] | None = None,
+    crop: str = "center",
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: float = 0.0,
+    seed: int = 0,
+    max_pixels: int = 178_956_970,
+    reduced_dct: bool = True,
+) -> Any:  # numpy.ndarray (uint8)
+    """Decodes JPEG/PNG/PPM bytes to uint8 HxWxC (HxW for "l8"), equal to Pillow's `convert(mode)`.
+
+    `mode` is "rgb8", "l8" or "rgba8". With `size=(h, w)` the image is cropped and resized to exactly that size:
+    `crop="center"` is torchvision `Resize(short side) + CenterCrop`, `crop="random_resized"` is
+    `RandomResizedCrop(size, scale, ratio)`; `flip` is the horizontal-flip probability; random draws come from
+    `seed`. `reduced_dct` lets JPEGs decode at 1/2..1/8 scale (like Pillow's `draft()`) when the crop is at least
+    twice the target. Images over `max_pixels` are refused from the header. Raises ValueError on bad data.
+    """
+
+def image_crop_params(
+    height: int,
+    width: int,
+    size: tuple[int, int],
+    *,
+    crop: str = "center",
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: float = 0.0,
+    seed: int = 0,
+) -> tuple[float, float, float, float, bool]:
+    """The (top, left, crop_height, crop_width, flipped) that `decode_image` uses for an image of that size."""

@@ -272,7 +272,12 @@ class ImageHandler:
             img = img.convert(mode.upper())
         if atype == "pil":
             return img
-        result = np.asarray(img)
+        return self.finish(np.asarray(img))
+
+    def finish(self, result: Any) -> Any:
+        """The spec's form of a uint8 array in the spec's mode (HxW or HxWxC), as from Pillow or the reader
+        threads: itself, float32 in [0, 1], or a CxHxW torch tensor."""
+        atype, etype, _ = imagespecs[self.imagespec]
         if etype == "float":
             result = result.astype(np.float32)
             result /= 255.0
@@ -432,6 +437,8 @@ class Decoder:
                 raise TypeError(f"decoder handler {h!r} is not callable")
         self.handlers = list(pre) + list(handlers) + list(post)
         self.partial = partial
+        # Set when the tar stage decodes this decoder's image fields on the reader threads.
+        self.predecoded: ImageHandler | None = None
 
     def decode1(self, key: str, data: bytes) -> Any:
         """Decodes one field's bytes; `key` is the field name (without the leading dot)."""
@@ -462,6 +469,14 @@ class Decoder:
                 continue
             if only is not None and k not in only:
                 result[k] = v
+                continue
+            if self.predecoded is not None and not isinstance(v, _BYTES_LIKE):
+                # Decoded on the reader threads (a uint8 array), or the reason it could not be.
+                if isinstance(v, BaseException):
+                    raise DecodingError(
+                        url=sample.get("__url__"), key=sample.get("__key__"), k=k, sample=sample
+                    ) from v
+                result[k] = self.predecoded.finish(v)
                 continue
             if not isinstance(v, _BYTES_LIKE):
                 if self.partial:

@@ -3,6 +3,7 @@ webdataset 1.0.2's signatures and defaults; the tar stage underneath is the Rust
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import warnings
@@ -11,7 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlparse
 
-from . import autodecode, cache, filters, shardlists, utils
+from . import autodecode, cache, filters, images, shardlists, utils
 from .filters import reraise_exception
 from .pipeline import DataPipeline
 from .tariterators import ShardSamples
@@ -77,7 +78,64 @@ class FluidInterface:
         arguments are handlers `f(key, data)`; see `autodecode.Decoder` for `pre`, `post`, `only`, `partial`."""
         decoder_handlers = [autodecode.imagehandler(x) if isinstance(x, str) else x for x in args]
         decoder = autodecode.Decoder(decoder_handlers, pre=pre, post=post, only=only, partial=partial)
+        first = decoder_handlers[0] if decoder_handlers else None
+        tar_stage = self._tar_stage_last()
+        # Right after the tar stage, the first handler's images (the ones it would claim first) are decoded on
+        # the reader threads; anything they cannot decode stays bytes for Pillow, so results are the same.
+        if (
+            tar_stage is not None
+            and tar_stage.images is None
+            and isinstance(first, autodecode.ImageHandler)
+            and images.native_mode(first.imagespec) is not None
+            and only is None
+            and pre is None
+        ):
+            options = images.native_options(first.imagespec, first.extensions, keep_bytes_on_error=True)
+            decoder.predecoded = first
+            return self._with_tar_stage(tar_stage, options).map(decoder, handler=handler)
         return self.map(decoder, handler=handler)
+
+    def decode_images(
+        self,
+        imagespec: str = "rgb8",
+        *,
+        size: tuple[int, int] | None = None,
+        crop: str = "center",
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip: float = 0.0,
+        seed: int | None = None,
+        extensions: Any = autodecode.IMAGE_EXTENSIONS,
+        handler: Callable[[BaseException], bool] = reraise_exception,
+    ) -> Any:
+        """Decode JPEG/PNG/PPM fields to `imagespec` ("rgb8", "l8", "rgb", "torchrgb", ...), pixel-identical to
+        Pillow, optionally cropped to `size` (h, w) (`crop="center"`, or `"random_resized"` with torchvision's
+        `scale`/`ratio`) and flipped left-right with probability `flip`; random draws repeat for a `seed`.
+        Right after the tar stage this runs on the reader threads; elsewhere in this process. Other fields
+        stay bytes."""
+        transform = dict(size=size, crop=crop, scale=scale, ratio=ratio, flip=flip, seed=seed)
+        tar_stage = self._tar_stage_last()
+        if tar_stage is None or tar_stage.images is not None:
+            return self.compose(
+                images.decode_images(imagespec, extensions=extensions, handler=handler, **transform)
+            )
+        options = images.native_options(imagespec, extensions, **transform)
+        return self._with_tar_stage(tar_stage, options).compose(
+            images.FinishImages(imagespec, handler=handler)
+        )
+
+    def _tar_stage_last(self) -> ShardSamples | None:
+        pipeline = getattr(self, "pipeline", None)
+        last = pipeline[-1] if pipeline else None
+        return last if isinstance(last, ShardSamples) else None
+
+    def _with_tar_stage(self, tar_stage: ShardSamples, options: dict[str, Any]) -> Any:
+        """A copy of this pipeline whose tar stage decodes images (this pipeline's stage is unchanged)."""
+        stage = copy.copy(tar_stage)
+        stage.images = options
+        result = self.compose()
+        result.pipeline[-1] = stage
+        return result
 
     def map_dict(self, handler: Callable[[BaseException], bool] = reraise_exception, **kw: Any) -> Any:
         """Apply `kw[field]` to each named field of dict samples."""
@@ -276,6 +334,7 @@ class WebDataset(DataPipeline, FluidInterface):
         are not persistent, which start each epoch from a fresh copy); returns self."""
         for stage in self.pipeline:
             epoch_stages = (
+                ShardSamples,
                 shardlists.ShardShuffle,
                 shardlists.ResampledShards,
                 shardlists.MultiShardSample,

@@ -251,6 +251,9 @@ class ShardSamples:
     With `empty_check`, a pass that reads shards but yields no sample raises ValueError (as webdataset). A
     DataLoader worker or node that got no shard at all (fewer shards than workers; `split_by_worker` has
     warned) yields nothing instead of raising.
+
+    `images` (the core's `images=` options, see `fastwds.images`) decodes image fields on the reader threads;
+    each pass is an epoch for their random crops (`epoch` is the last pass; `set_epoch` in `WebDataset`).
     """
 
     def __init__(
@@ -260,19 +263,24 @@ class ShardSamples:
         rename_files: Callable[[str], str] | None = None,
         empty_check: bool = True,
         local_paths: bool = True,
+        images: dict[str, Any] | None = None,
     ) -> None:
         self.handler = handler
         self.select_files = select_files
         self.rename_files = rename_files
         self.empty_check = empty_check
         self.local_paths = local_paths
+        self.images = images
+        self.epoch = -1
 
     def __call__(self, src: Iterable[Any]) -> Iterator[dict[str, Any]]:
         """Return the samples of the shards in `src`."""
         feed = _ShardFeed(
             src, None if _is_reraise(self.handler) else self.handler, track_local=self.local_paths
         )
-        samples = iter(_reader(feed, self.handler, self.select_files, self.rename_files))
+        self.epoch += 1
+        images = None if self.images is None else {**self.images, "epoch": self.epoch % 2**64}
+        samples = iter(_reader(feed, self.handler, self.select_files, self.rename_files, images=images))
         count = 0
         try:
             paths = feed.local_paths

@@ -7,6 +7,7 @@
 
 pub mod decompress;
 pub mod error;
+pub mod image;
 pub mod reader;
 pub mod ring;
 pub mod sample;
@@ -14,5 +15,5 @@ pub mod source;
 pub mod tar;
 
 pub use error::{ErrorKind, ShardError};
-pub use reader::{Item, Next, Pool, ReaderConfig, ShardSpec};
-pub use sample::{split_key, Sample};
+pub use reader::{ImageStage, Item, Next, Pool, ReaderConfig, ShardSpec};
+pub use sample::{split_key, Sample, Value};

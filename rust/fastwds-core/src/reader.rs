@@ -16,8 +16,9 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::decompress::decompress;
 use crate::error::{ErrorKind, ShardError, TarError};
+use crate::image::{DecodeSpec, Decoder};
 use crate::ring::{Closed, Ring, Weighed};
-use crate::sample::{is_metadata, split_key, Sample};
+use crate::sample::{is_metadata, split_key, Sample, Value};
 use crate::source::{http_agent, open_url, ChildRegistry, Opened};
 use crate::tar::TarReader;
 
@@ -45,6 +46,53 @@ pub struct ReaderConfig {
     /// Yield each regular member as its own item (key = member name, one field named "") instead of
     /// grouping members into samples.
     pub members: bool,
+    /// Decode image fields on the reader threads.
+    pub images: Option<Arc<ImageStage>>,
+}
+
+/// Image fields to decode on the reader threads, and how.
+#[derive(Debug, Clone)]
+pub struct ImageStage {
+    /// Extensions (the last `.`-part of a field name, lower case) that are decoded: `jpg`, `png`, ...
+    pub extensions: Vec<String>,
+    /// How to decode; its seed is the base from which each image's own seed is derived.
+    pub spec: DecodeSpec,
+    /// Mixed into each image's seed, so random crops differ between epochs yet repeat for a given seed.
+    pub epoch: u64,
+    /// On a decode failure keep the member's bytes (a decoder downstream gets its own try, and reports the
+    /// failure as it always would); otherwise the failure becomes the field's value.
+    pub keep_bytes_on_error: bool,
+}
+
+impl ImageStage {
+    fn wants(&self, field: &str) -> bool {
+        let extension = field.rsplit('.').next().unwrap_or(field);
+        self.extensions.iter().any(|e| e == extension)
+    }
+
+    /// Decodes one field. The seed depends on (seed, epoch, key, field) only, never on which thread got the
+    /// shard or when, so the output is reproducible.
+    fn decode(&self, decoder: &mut Decoder, key: &str, field: &str, data: Vec<u8>) -> Value {
+        let mut spec = self.spec;
+        spec.seed = mix(mix(spec.seed, self.epoch), fnv1a(key.as_bytes()) ^ fnv1a(field.as_bytes()).rotate_left(1));
+        match decoder.decode(&data, &spec) {
+            Ok(pixels) => Value::Image(pixels),
+            Err(_) if self.keep_bytes_on_error => Value::Bytes(data),
+            Err(e) => Value::DecodeError(e.to_string()),
+        }
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// SplitMix64's finaliser over a combination of two words.
+fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a.wrapping_add(b.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Default for ReaderConfig {
@@ -60,6 +108,7 @@ impl Default for ReaderConfig {
             rename_files: None,
             lcase: true,
             members: false,
+            images: None,
         }
     }
 }
@@ -289,12 +338,14 @@ impl Drop for Pool {
 }
 
 fn worker(shared: &Shared, tasks: &Receiver<Task>) {
+    // One decoder per thread: it keeps its resize buffers between images.
+    let mut decoder = shared.config.images.as_ref().map(|_| Decoder::new());
     while let Ok(task) = tasks.recv() {
         if shared.cancel.load(Ordering::SeqCst) {
             break;
         }
         let slot = task.slot;
-        let outcome = read_shard(shared, slot, task.spec);
+        let outcome = read_shard(shared, slot, task.spec, decoder.as_mut());
         let pushed = match outcome {
             Ok(()) => Ok(()),
             Err(Stop::Failed(e)) => shared.ring.push_urgent(slot, Item::Error(e)),
@@ -322,7 +373,7 @@ impl From<Closed> for Stop {
 }
 
 /// Reads one shard to its end, pushing samples (or members) into its slot.
-fn read_shard(shared: &Shared, slot: usize, spec: ShardSpec) -> Result<(), Stop> {
+fn read_shard(shared: &Shared, slot: usize, spec: ShardSpec, decoder: Option<&mut Decoder>) -> Result<(), Stop> {
     let url: Arc<str> = Arc::from(spec.url());
     let mut opened = match spec {
         ShardSpec::Url(u) => open_url(&u, &shared.children, &shared.http).map_err(Stop::Failed)?,
@@ -332,7 +383,7 @@ fn read_shard(shared: &Shared, slot: usize, spec: ShardSpec) -> Result<(), Stop>
         ShardSpec::Stream { stream, .. } => Opened { stream, command: None },
     };
     let command = opened.command.take();
-    match read_members(shared, slot, opened, &url) {
+    match read_members(shared, slot, opened, &url, decoder) {
         Err(Stop::Failed(e)) => Err(Stop::Failed(match command {
             Some(command) => command.explain(&url, e),
             None => e,
@@ -346,7 +397,13 @@ fn read_shard(shared: &Shared, slot: usize, spec: ShardSpec) -> Result<(), Stop>
 }
 
 /// Parses the tar stream of an opened shard and groups its members.
-fn read_members(shared: &Shared, slot: usize, opened: Opened, url: &Arc<str>) -> Result<(), Stop> {
+fn read_members(
+    shared: &Shared,
+    slot: usize,
+    opened: Opened,
+    url: &Arc<str>,
+    mut decoder: Option<&mut Decoder>,
+) -> Result<(), Stop> {
     let url = Arc::clone(url);
     let (stream, _) =
         decompress(opened.stream).map_err(|e| Stop::Failed(TarError::io(0, None, &e).into_shard_error(&url)))?;
@@ -381,7 +438,7 @@ fn read_members(shared: &Shared, slot: usize, opened: Opened, url: &Arc<str>) ->
         if config.members {
             let mut data = Vec::new();
             tar.read_data(&header, &mut data).map_err(fail)?;
-            let member = Sample { key: name, url: Arc::clone(&url), fields: vec![(String::new(), data)] };
+            let member = Sample { key: name, url: Arc::clone(&url), fields: vec![(String::new(), Value::Bytes(data))] };
             shared.ring.push(slot, Item::Sample(member))?;
             continue;
         }
@@ -415,7 +472,11 @@ fn read_members(shared: &Shared, slot: usize, opened: Opened, url: &Arc<str>) ->
         }
         let mut data = Vec::new();
         tar.read_data(&header, &mut data).map_err(fail)?;
-        sample.fields.push((field, data));
+        let value = match (&config.images, decoder.as_deref_mut()) {
+            (Some(stage), Some(decoder)) if stage.wants(&field) => stage.decode(decoder, &sample.key, &field, data),
+            _ => Value::Bytes(data),
+        };
+        sample.fields.push((field, value));
     }
     // Read what follows the end-of-archive marker: a gzip trailer's checksum is verified there, and a
     // `pipe:` command must not be left blocked writing into a pipe nobody reads.

@@ -2,12 +2,41 @@
 
 use std::sync::Arc;
 
+use crate::image::Pixels;
+
+/// A field's value: the member's bytes, or what the reader threads decoded them into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Bytes(Vec<u8>),
+    Image(Pixels),
+    /// Decoding failed; the message says why. It travels with the sample, so the consumer can report it for
+    /// this sample alone (as a decoder in Python would) instead of failing the shard.
+    DecodeError(String),
+}
+
+impl Value {
+    /// The bytes, or the pixel data of a decoded image.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Value::Bytes(b) => b,
+            Value::Image(p) => &p.data,
+            Value::DecodeError(m) => m.as_bytes(),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Value {
+    fn from(bytes: Vec<u8>) -> Self {
+        Value::Bytes(bytes)
+    }
+}
+
 /// One sample: the members of a shard that share a key, in member order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
     pub key: String,
     pub url: Arc<str>,
-    pub fields: Vec<(String, Vec<u8>)>,
+    pub fields: Vec<(String, Value)>,
 }
 
 impl Sample {
@@ -15,9 +44,9 @@ impl Sample {
         Sample { key, url, fields: Vec::new() }
     }
 
-    /// Bytes this sample holds, for the ring buffer's budget.
+    /// Bytes this sample holds (decoded pixels included), for the ring buffer's budget.
     pub fn size(&self) -> usize {
-        self.key.len() + self.fields.iter().map(|(name, data)| name.len() + data.len()).sum::<usize>()
+        self.key.len() + self.fields.iter().map(|(name, value)| name.len() + value.as_slice().len()).sum::<usize>()
     }
 
     pub fn has_field(&self, field: &str) -> bool {

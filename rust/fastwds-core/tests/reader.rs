@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fastwds_core::{ErrorKind, Item, Next, Pool, ReaderConfig, Sample, ShardError, ShardSpec};
+use fastwds_core::{ErrorKind, Item, Next, Pool, ReaderConfig, Sample, ShardError, ShardSpec, Value};
 
 // ---------------------------------------------------------------------------------------------------------
 // Scaffolding
@@ -114,10 +114,14 @@ fn layout(members: &[(String, Vec<u8>)]) -> (Vec<usize>, usize) {
     (offsets, at)
 }
 
+fn as_values(fields: &Fields) -> Vec<(String, Value)> {
+    fields.iter().map(|(name, data)| (name.clone(), Value::Bytes(data.clone()))).collect()
+}
+
 fn expected(url: &str, samples: &[Spec]) -> Vec<Sample> {
     samples
         .iter()
-        .map(|(key, fields)| Sample { key: key.clone(), url: Arc::from(url), fields: fields.clone() })
+        .map(|(key, fields)| Sample { key: key.clone(), url: Arc::from(url), fields: as_values(fields) })
         .collect()
 }
 
@@ -818,7 +822,10 @@ fn members_mode_yields_each_regular_member() {
     let url = dir.write("m.tar", &b.into_inner().expect("finish"));
     let evs = run(ReaderConfig { members: true, ..config() }, std::slice::from_ref(&url));
     assert!(errors(&evs).is_empty(), "{:?}", errors(&evs));
-    let got: Vec<(String, Fields)> = samples(&evs).into_iter().map(|s| (s.key, s.fields)).collect();
+    let got: Vec<(String, Fields)> = samples(&evs)
+        .into_iter()
+        .map(|s| (s.key, s.fields.into_iter().map(|(f, v)| (f, v.as_slice().to_vec())).collect()))
+        .collect();
     let want: Vec<(String, Fields)> = [("dir/a.txt", &b"A"[..]), ("noext", b"N"), ("dir/a.txt", b"again")]
         .iter()
         .map(|(n, d)| (n.to_string(), vec![(String::new(), d.to_vec())]))

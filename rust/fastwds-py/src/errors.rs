@@ -12,6 +12,13 @@ create_exception!(
     "A shard could not be read: open failed, a command exited non-zero, or the tar stream is corrupt or cut."
 );
 
+create_exception!(
+    _core,
+    ImageDecodeError,
+    PyValueError,
+    "An image field could not be decoded on the reader threads; found as the field's value."
+);
+
 /// The Python exception for a core error: `ValueError` for a repeated field (as the reference raises),
 /// `ShardError` (an `OSError`) for everything else; both with `url`, `member` and `offset` attributes.
 pub fn to_pyerr(py: Python<'_>, e: CoreError) -> PyErr {

@@ -4,14 +4,16 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
-use fastwds_core::{Item, Next, Pool, ReaderConfig, Sample, ShardSpec};
+use fastwds_core::image::{self, DEFAULT_MAX_PIXELS};
+use fastwds_core::{ImageStage, Item, Next, Pool, ReaderConfig, Sample, ShardSpec, Value};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyString, PyTuple};
 
-use crate::errors::to_pyerr;
+use crate::errors::{to_pyerr, ImageDecodeError};
 use crate::fork;
+use crate::image::{build_spec, pixels_to_array};
 use crate::pyfile::PyFileReader;
 use crate::wait::next_item;
 
@@ -40,11 +42,16 @@ struct Options {
     lcase: bool,
     members: bool,
     handler: Option<Py<PyAny>>,
+    images: Option<Py<PyAny>>,
 }
 
 impl Options {
-    fn config(&self, py: Python<'_>) -> ReaderConfig {
-        ReaderConfig {
+    fn config(&self, py: Python<'_>) -> PyResult<ReaderConfig> {
+        let images = match &self.images {
+            Some(images) => Some(Arc::new(image_stage(images.bind(py))?)),
+            None => None,
+        };
+        Ok(ReaderConfig {
             threads: self.threads,
             prefetch: self.prefetch,
             ordered: self.ordered,
@@ -67,7 +74,8 @@ impl Options {
             }),
             lcase: self.lcase,
             members: self.members,
-        }
+            images,
+        })
     }
 
     fn to_kwargs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -83,6 +91,7 @@ impl Options {
         d.set_item("lcase", self.lcase)?;
         d.set_item("members", self.members)?;
         d.set_item("handler", self.handler.as_ref().map(|f| f.clone_ref(py)))?;
+        d.set_item("images", self.images.as_ref().map(|f| f.clone_ref(py)))?;
         Ok(d)
     }
 }
@@ -92,7 +101,7 @@ impl ShardReader {
     #[new]
     #[pyo3(signature = (shards, *, threads=0, prefetch=0, ordered=true, buffer_bytes=256*1024*1024,
         buffer_samples=4096, fields=None, select_files=None, rename_files=None, lcase=true, members=false,
-        handler=None))]
+        handler=None, images=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         shards: Py<PyAny>,
@@ -107,8 +116,14 @@ impl ShardReader {
         lcase: bool,
         members: bool,
         handler: Option<Py<PyAny>>,
+        images: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let fields = field_names(fields)?;
+        // Checked now, so a typo fails at construction rather than on the first sample.
+        if let Some(images) = &images {
+            image_stage(images)?;
+        }
+        let images = images.map(Bound::unbind);
         let options = Options {
             threads,
             prefetch,
@@ -121,6 +136,7 @@ impl ShardReader {
             lcase,
             members,
             handler,
+            images,
         };
         Ok(ShardReader { shards, options })
     }
@@ -128,7 +144,7 @@ impl ShardReader {
     /// Starts one pass over the shards (threads start on the first `next()`).
     fn __iter__(&self, py: Python<'_>) -> PyResult<SampleIterator> {
         let shards = self.shards.bind(py).try_iter()?.unbind();
-        Ok(SampleIterator::new(py, shards, &self.options))
+        SampleIterator::new(py, shards, &self.options)
     }
 
     /// Pickles as configuration (for DataLoader workers started by spawn).
@@ -181,9 +197,9 @@ struct IterState {
 }
 
 impl SampleIterator {
-    fn new(py: Python<'_>, shards: Py<PyIterator>, options: &Options) -> Self {
+    fn new(py: Python<'_>, shards: Py<PyIterator>, options: &Options) -> PyResult<Self> {
         let state = IterState {
-            config: options.config(py),
+            config: options.config(py)?,
             shards: Some(shards),
             pool: None,
             generation: fork::generation(),
@@ -193,7 +209,7 @@ impl SampleIterator {
             field_names: Vec::new(),
             url: None,
         };
-        SampleIterator { state: Mutex::new(state) }
+        Ok(SampleIterator { state: Mutex::new(state) })
     }
 
     fn lock(&self) -> PyResult<MutexGuard<'_, IterState>> {
@@ -254,7 +270,7 @@ impl IterState {
             self.feed(py)?;
             let pool = self.pool.as_mut().expect("ensure_pool started the pool");
             match next_item(py, pool)? {
-                Next::Item(Item::Sample(sample)) => return self.to_dict(py, sample).map(Some),
+                Next::Item(Item::Sample(sample)) => return self.sample_dict(py, sample).map(Some),
                 Next::Item(Item::Error(e)) => {
                     let err = to_pyerr(py, e);
                     let Some(handler) = &self.handler else {
@@ -317,7 +333,7 @@ impl IterState {
         Ok(())
     }
 
-    fn to_dict<'py>(&mut self, py: Python<'py>, sample: Sample) -> PyResult<Bound<'py, PyDict>> {
+    fn sample_dict<'py>(&mut self, py: Python<'py>, sample: Sample) -> PyResult<Bound<'py, PyDict>> {
         let url = match &self.url {
             Some((u, s)) if Arc::ptr_eq(u, &sample.url) => s.clone_ref(py),
             _ => {
@@ -329,14 +345,14 @@ impl IterState {
         let d = PyDict::new(py);
         if self.config.members {
             d.set_item(intern!(py, "fname"), sample.key)?;
-            let data = sample.fields.first().map_or(&[][..], |(_, data)| data.as_slice());
+            let data = sample.fields.first().map_or(&[][..], |(_, value)| value.as_slice());
             d.set_item(intern!(py, "data"), PyBytes::new(py, data))?;
             d.set_item(intern!(py, "__url__"), url)?;
             return Ok(d);
         }
         d.set_item(intern!(py, "__key__"), PyString::new(py, &sample.key))?;
         d.set_item(intern!(py, "__url__"), url)?;
-        for (field, data) in sample.fields {
+        for (field, value) in sample.fields {
             let name = match self.field_names.iter().find(|(f, _)| *f == field) {
                 Some((_, name)) => name.bind(py).clone(),
                 None => {
@@ -348,7 +364,12 @@ impl IterState {
                     name
                 }
             };
-            d.set_item(name, PyBytes::new(py, &data))?;
+            match value {
+                Value::Bytes(data) => d.set_item(name, PyBytes::new(py, &data))?,
+                Value::Image(pixels) => d.set_item(name, pixels_to_array(py, pixels)?)?,
+                // The decode stage in Python raises it for this sample, through the pipeline's handler.
+                Value::DecodeError(message) => d.set_item(name, ImageDecodeError::new_err(message).into_value(py))?,
+            }
         }
         Ok(d)
     }
@@ -453,8 +474,9 @@ pub fn tar_samples(
         lcase,
         members: false,
         handler,
+        images: None,
     };
-    Ok(SampleIterator::new(py, shards.try_iter()?.unbind(), &options))
+    SampleIterator::new(py, shards.try_iter()?.unbind(), &options)
 }
 
 /// Iterates the regular-file members of one tar stream as `{"fname", "data", "__url__"}` dicts.
@@ -474,12 +496,71 @@ pub fn tar_members(py: Python<'_>, source: &Bound<'_, PyAny>, url: Option<String
         lcase: true,
         members: true,
         handler: None,
+        images: None,
     };
-    Ok(SampleIterator::new(py, shards.try_iter()?.unbind(), &options))
+    SampleIterator::new(py, shards.try_iter()?.unbind(), &options)
 }
 
 /// Splits a member name into (key, field) by the webdataset rule; None when it does not match.
 #[pyfunction]
 pub fn split_key(name: &str) -> Option<(String, String)> {
     fastwds_core::split_key(name).map(|(k, f)| (k.to_string(), f.to_string()))
+}
+
+/// The image fields decoded on the reader threads when none are named: those webdataset's image handlers take.
+const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "ppm", "pgm", "pbm", "pnm"];
+
+/// Parses the `images=` option: `{"mode": "rgb8", "extensions": [...], "size": (h, w), "crop": "center" |
+/// "random_resized", "scale": (lo, hi), "ratio": (lo, hi), "flip": p, "seed": n, "epoch": n,
+/// "max_pixels": n, "reduced_dct": bool, "keep_bytes_on_error": bool}`, every key optional.
+fn image_stage(images: &Bound<'_, PyAny>) -> PyResult<ImageStage> {
+    let d = images.cast::<PyDict>().map_err(|_| PyTypeError::new_err("images must be a dict of decode options"))?;
+    const KEYS: [&str; 12] = [
+        "mode",
+        "extensions",
+        "size",
+        "crop",
+        "scale",
+        "ratio",
+        "flip",
+        "seed",
+        "epoch",
+        "max_pixels",
+        "reduced_dct",
+        "keep_bytes_on_error",
+    ];
+    for key in d.keys() {
+        let key: String = key.extract()?;
+        if !KEYS.contains(&key.as_str()) {
+            return Err(PyTypeError::new_err(format!("unknown images option {key:?} (expected one of {KEYS:?})")));
+        }
+    }
+    fn get<'py, T>(d: &Bound<'py, PyDict>, key: &str, default: T) -> PyResult<T>
+    where
+        T: for<'a> FromPyObject<'a, 'py>,
+        for<'a> <T as FromPyObject<'a, 'py>>::Error: Into<PyErr>,
+    {
+        match d.get_item(key)? {
+            Some(v) if !v.is_none() => v.extract().map_err(Into::into),
+            _ => Ok(default),
+        }
+    }
+    let mode: String = get(d, "mode", "rgb8".to_string())?;
+    let size: Option<(u32, u32)> = get(d, "size", None)?;
+    let crop: String = get(d, "crop", "center".to_string())?;
+    let scale = get(d, "scale", (0.08, 1.0))?;
+    let ratio = get(d, "ratio", (3.0 / 4.0, 4.0 / 3.0))?;
+    let flip: f64 = get(d, "flip", 0.0)?;
+    let seed: u64 = get(d, "seed", 0)?;
+    let max_pixels: u64 = get(d, "max_pixels", DEFAULT_MAX_PIXELS)?;
+    let reduced_dct: bool = get(d, "reduced_dct", true)?;
+    let spec = build_spec(&mode, size, &crop, scale, ratio, flip, seed, max_pixels, reduced_dct)?;
+    if let Some(resize) = &spec.resize {
+        image::validate(resize, flip).map_err(|e| pyo3::exceptions::PyValueError::new_err(e.message))?;
+    }
+    let extensions: Vec<String> = get(d, "extensions", IMAGE_EXTENSIONS.iter().map(|e| e.to_string()).collect())?;
+    let epoch: u64 = get(d, "epoch", 0)?;
+    let keep_bytes_on_error: bool = get(d, "keep_bytes_on_error", false)?;
+    let extensions = extensions.into_iter().map(|e| e.to_lowercase()).collect();
+    Ok(ImageStage { extensions, spec, epoch, keep_bytes_on_error })
 }
