@@ -25,7 +25,10 @@ def test_quick_start_is_at_most_ten_lines_of_code() -> None:
 def test_quick_start_runs_and_prints_every_sample_once() -> None:
     pytest.importorskip("torch")
     done = subprocess.run(
-        [sys.executable, "-W", "error", "-c", first_python_block()], capture_output=True, text=True, timeout=170
+        [sys.executable, "-W", "error", "-c", first_python_block()],
+        capture_output=True,
+        text=True,
+        timeout=170,
     )
     assert done.returncode == 0, done.stderr
     batches = [line for line in done.stdout.splitlines() if not line.startswith("#")]
