@@ -3,6 +3,8 @@
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
+import numpy
+
 __version__: str
 
 class ShardError(OSError):
@@ -15,6 +17,9 @@ class ShardError(OSError):
     url: str | None
     member: str | None
     offset: int | None
+
+class ImageDecodeError(ValueError):
+    """An image field could not be decoded on the reader threads; it is found as that field's value."""
 
 # A shard is a URL string (path, file:PATH, -, pipe:CMD, http(s)://...), a binary file object with
 # .read(n), or a dict with a "url" key (a webdataset shard-list item) and optionally a "stream" key
@@ -41,6 +46,11 @@ class ShardReader:
     - `members`: yield members `{"fname": str, "data": bytes, "__url__": str}` instead of grouped samples.
     - `handler(exc) -> bool`: called with each error; true skips the rest of that shard and goes on, false
       stops the iteration quietly, raising propagates. None raises.
+    - `images`: decode image fields on the reader threads into uint8 numpy arrays: a dict with any of "mode"
+      ("rgb8", "l8", "rgba8"), "extensions" (last `.`-part of field names; default jpg jpeg png ppm pgm pbm
+      pnm), "size", "crop", "scale", "ratio", "flip", "seed", "max_pixels", "reduced_dct" (as in
+      `decode_image`), "epoch" (mixed into each image's seed, with its key and field) and
+      "keep_bytes_on_error" (a failed field keeps its bytes; otherwise its value is an `ImageDecodeError`).
     """
 
     def __init__(
@@ -58,6 +68,7 @@ class ShardReader:
         lcase: bool = True,
         members: bool = False,
         handler: Callable[[BaseException], bool] | None = None,
+        images: dict[str, Any] | None = None,
     ) -> None: ...
     def __iter__(self) -> SampleIterator: ...
 
@@ -100,7 +111,7 @@ def decode_image(
     seed: int = 0,
     max_pixels: int = 178_956_970,
     reduced_dct: bool = True,
-) -> Any:  # numpy.ndarray (uint8)
+) -> numpy.ndarray:
     """Decodes JPEG/PNG/PPM bytes to uint8 HxWxC (HxW for "l8"), equal to Pillow's `convert(mode)`.
 
     `mode` is "rgb8", "l8" or "rgba8". With `size=(h, w)` the image is cropped and resized to exactly that size:
