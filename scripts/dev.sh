@@ -22,6 +22,20 @@ ensure_toolchain() {
     command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 }
 
+ensure_build_tools() {
+    # libjpeg-turbo is built from source (statically, into the wheel) and needs cmake and nasm.
+    if command -v cmake >/dev/null && command -v nasm >/dev/null; then
+        return
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        step "installing cmake and nasm (to build libjpeg-turbo)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake nasm >/dev/null
+    else
+        echo "cmake and nasm are needed to build libjpeg-turbo: install them (e.g. apt-get install cmake nasm)" >&2
+        exit 1
+    fi
+}
+
 ensure_venv() {
     if [ ! -x "$PY" ]; then
         step "creating venv $VENV"
@@ -39,6 +53,7 @@ ensure_venv() {
 
 build() {
     ensure_toolchain
+    ensure_build_tools
     ensure_venv
     step "building the extension (release) into $VENV"
     PYO3_PYTHON="$PY" VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH" maturin develop --release -q
