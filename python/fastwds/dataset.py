@@ -20,6 +20,7 @@ from typing import Any
 import braceexpand
 
 from . import _core, tenbin
+from .autodecode import imagespecs
 from .filters import _shuffle
 from .handlers import reraise_exception
 from .pytorch import LazyIterableDataset
@@ -29,27 +30,6 @@ from .tariterators import _is_reraise, _ShardFeed, core_handler
 __all__ = ["WebDataset", "default_handlers", "imagespecs", "imagehandler", "make_decoder", "maybe_int"]
 
 Handler = Callable[[BaseException], bool]
-
-# Image spec -> (array type, element type, PIL mode), as the first API had them.
-imagespecs = {
-    "l8": ("numpy", "uint8", "l"),
-    "rgb8": ("numpy", "uint8", "rgb"),
-    "rgba8": ("numpy", "uint8", "rgba"),
-    "l": ("numpy", "float", "l"),
-    "rgb": ("numpy", "float", "rgb"),
-    "rgba": ("numpy", "float", "rgba"),
-    "torchl8": ("torch", "uint8", "l"),
-    "torchrgb8": ("torch", "uint8", "rgb"),
-    "torchrgba8": ("torch", "uint8", "rgba"),
-    "torchl": ("torch", "float", "l"),
-    "torchrgb": ("torch", "float", "rgb"),
-    "torch": ("torch", "float", "rgb"),
-    "torchrgba": ("torch", "float", "rgba"),
-    "pill": ("pil", None, "l"),
-    "pil": ("pil", None, "rgb"),
-    "pilrgb": ("pil", None, "rgb"),
-    "pilrgba": ("pil", None, "rgba"),
-}
 
 
 def imagehandler(data: bytes, imagespec: str) -> Any:

@@ -46,6 +46,24 @@ struct Options {
 }
 
 impl Options {
+    /// Reading one stream: one thread, no read-ahead, a modest buffer.
+    fn one_stream(fields: Option<Vec<String>>, lcase: bool, members: bool, handler: Option<Py<PyAny>>) -> Self {
+        Options {
+            threads: 1,
+            prefetch: 1,
+            ordered: true,
+            buffer_bytes: 64 << 20,
+            buffer_samples: 1024,
+            fields,
+            select_files: None,
+            rename_files: None,
+            lcase,
+            members,
+            handler,
+            images: None,
+        }
+    }
+
     fn config(&self, py: Python<'_>) -> PyResult<ReaderConfig> {
         let images = match &self.images {
             Some(images) => Some(Arc::new(image_stage(images.bind(py))?)),
@@ -462,20 +480,7 @@ pub fn tar_samples(
 ) -> PyResult<SampleIterator> {
     let fields = field_names(fields)?;
     let shards = one_shard(py, source, url)?;
-    let options = Options {
-        threads: 1,
-        prefetch: 1,
-        ordered: true,
-        buffer_bytes: 64 << 20,
-        buffer_samples: 1024,
-        fields,
-        select_files: None,
-        rename_files: None,
-        lcase,
-        members: false,
-        handler,
-        images: None,
-    };
+    let options = Options::one_stream(fields, lcase, false, handler);
     SampleIterator::new(py, shards.try_iter()?.unbind(), &options)
 }
 
@@ -484,20 +489,7 @@ pub fn tar_samples(
 #[pyo3(signature = (source, *, url=None))]
 pub fn tar_members(py: Python<'_>, source: &Bound<'_, PyAny>, url: Option<String>) -> PyResult<SampleIterator> {
     let shards = one_shard(py, source, url)?;
-    let options = Options {
-        threads: 1,
-        prefetch: 1,
-        ordered: true,
-        buffer_bytes: 64 << 20,
-        buffer_samples: 1024,
-        fields: None,
-        select_files: None,
-        rename_files: None,
-        lcase: true,
-        members: true,
-        handler: None,
-        images: None,
-    };
+    let options = Options::one_stream(None, true, true, None);
     SampleIterator::new(py, shards.try_iter()?.unbind(), &options)
 }
 
