@@ -1,6 +1,6 @@
 """The fastwds benchmark: fastwds beside webdataset 1.0.2 and the machine's own limits, on the same shards.
 
-    python benches/harness.py [--quick] [--data DIR] [--only NAME,...] [--json FILE]
+    python benches/harness.py [--quick] [--data DIR] [--only NAME,...] [--skip NAME,...] [--json FILE]
 
 Makes (or reuses) the sample datasets, runs every configuration in a fresh process with the page cache warm,
 and prints one markdown table to stdout (progress goes to stderr). See benches/README.md for what each row
@@ -30,6 +30,16 @@ QUICK_SCALE = 0.05
 # The ring buffer budget of ShardReader's defaults plus what we allow as fixed overhead on top of it.
 RING_BUFFER_MB = 256
 RSS_OVERHEAD_MB = 100
+# Libraries whose versions go under the table (torchvision and DALI are optional: their rows are n/a without).
+REPORTED_VERSIONS = (
+    "fastwds",
+    "webdataset",
+    "torch",
+    "torchvision",
+    "nvidia-dali-cuda120",
+    "Pillow",
+    "numpy",
+)
 
 READERS = {
     "cat": "cat > /dev/null",
@@ -37,14 +47,37 @@ READERS = {
     "webdataset": "webdataset",
     "fastwds-wds": "fastwds.WebDataset",
     "fastwds-core": "fastwds.ShardReader",
+    "fastwds-core-t1": "fastwds.ShardReader threads=1",
+    "fastwds-core-t2": "fastwds.ShardReader threads=2",
+    "dali": "DALI CPU pipeline",
 }
 WORKLOADS = {
     "raw": "raw",
     "shuffle": "shuffle(1000).to_tuple",
     "decode": 'decode("rgb8").to_tuple',
+    "decode-nw1": 'decode("rgb8").to_tuple, DataLoader nw=1, bs=64 lists',
+    "decode-nw2": 'decode("rgb8").to_tuple, DataLoader nw=2, bs=64 lists',
     "loader0": "DataLoader nw=0, crop224, bs=64",
     "loader2": "DataLoader nw=2, crop224, bs=64",
+    "rrc": "decode + random-resized-crop 224 + flip, bs=64",
+    "rrc-nw0": "PIL + torchvision RandomResizedCrop 224 + flip, DataLoader nw=0, bs=64",
+    "rrc-nw1": "PIL + torchvision RandomResizedCrop 224 + flip, DataLoader nw=1, bs=64",
+    "rrc-nw2": "PIL + torchvision RandomResizedCrop 224 + flip, DataLoader nw=2, bs=64",
 }
+# Workloads that are one task done different ways: a row's ratio is over the best webdataset row of its
+# group (the reference with its best DataLoader setting). Other workloads are groups of their own.
+GROUPS = {
+    "decode-nw1": "decode",
+    "decode-nw2": "decode",
+    "rrc-nw0": "rrc",
+    "rrc-nw1": "rrc",
+    "rrc-nw2": "rrc",
+}
+# The decode and augment rows (with the reference's DataLoader settings, DALI and the per-core rows) read a
+# quarter of the budget: their rates are steady after a few shards, and the slow reference rows would
+# otherwise take a minute each.
+SHORT_BUDGET_WORKLOADS = ("decode", "rrc")
+SHORT_BUDGET_FACTOR = 1 / 4
 TUPLE_FIELDS = {"tiny": ["txt", "json"], "imagenet": ["jpg", "cls"], "large": ["npy"]}
 
 
@@ -75,16 +108,38 @@ def plan_rows() -> list[Row]:
             if fmt == "tar" and name == "tiny":
                 rows += [Row(name, fmt, "shuffle", r) for r in ("webdataset", "fastwds-wds")]
             if fmt == "tar" and name == "imagenet":
-                for workload in ("decode", "loader0", "loader2"):
-                    rows += [Row(name, fmt, workload, r) for r in ("webdataset", "fastwds-wds")]
+                rows += _image_rows(name, fmt)
     return rows
 
 
+def _image_rows(name: str, fmt: str) -> list[Row]:
+    """The image rows: decode (one process, the reference's DataLoader settings, DALI, the core per thread
+    count), the centre-crop DataLoader rows, and decode + random-resized-crop + flip against the reference
+    and DALI."""
+    rows = [Row(name, fmt, "decode", r) for r in ("webdataset", "fastwds-wds")]
+    rows += [Row(name, fmt, w, "webdataset") for w in ("decode-nw1", "decode-nw2")]
+    rows += [Row(name, fmt, "decode", r) for r in ("dali", "fastwds-core-t1", "fastwds-core-t2")]
+    for workload in ("loader0", "loader2"):
+        rows += [Row(name, fmt, workload, r) for r in ("webdataset", "fastwds-wds")]
+    rows += [Row(name, fmt, w, "webdataset") for w in ("rrc-nw0", "rrc-nw1", "rrc-nw2")]
+    rows += [Row(name, fmt, "rrc", r) for r in ("fastwds-wds", "dali")]
+    return rows
+
+
+def row_budget(row: Row, budget: float) -> float:
+    """The seconds after which `row`'s passes stop (at the next shard boundary)."""
+    if GROUPS.get(row.workload, row.workload) in SHORT_BUDGET_WORKLOADS:
+        return budget * SHORT_BUDGET_FACTOR
+    return budget
+
+
 def _vocabulary() -> dict[str, dict[str, str]]:
-    """--only names per category, each mapped to the value it selects (reader labels work as names too)."""
+    """--only names per category, each mapped to the value it selects (reader labels work as names too).
+
+    A value also selects its variants: `fastwds` every fastwds reader, `fastwds-core` the ShardReader rows
+    at any thread count, `decode` and `rrc` their DataLoader settings."""
     readers = {k: k for k in READERS} | {v.split()[0].lower(): k for k, v in READERS.items()}
-    readers["fastwds"] = "fastwds*"
-    readers["shardreader"] = "fastwds-core"
+    readers |= {"fastwds": "fastwds", "shardreader": "fastwds-core", "fastwds.shardreader": "fastwds-core"}
     return {
         "dataset": {k: k for k in datasets.SPECS},
         "format": {k: k for k in datasets.FORMATS},
@@ -114,7 +169,7 @@ def select_rows(rows: list[Row], only: str | None) -> list[Row]:
     def matches(row: Row) -> bool:
         for category, values in wanted.items():
             value = getattr(row, category)
-            if value not in values and not (value.startswith("fastwds") and "fastwds*" in values):
+            if not any(value == v or value.startswith(v + "-") for v in values):
                 return False
         return True
 
@@ -142,13 +197,27 @@ def _ratio_target(ratio: float | None, goal: float, text: str) -> Target:
     return Target(text, None if ratio is None else ratio >= goal)
 
 
+def _share_of(result: dict[str, Any], other: dict[str, Any] | None) -> float | None:
+    """`result`'s samples/s over `other`'s, or None when `other` did not run."""
+    if not other or other.get("status") != "ok" or not other.get("samples_s"):
+        return None
+    return result["samples_s"] / other["samples_s"]
+
+
 def targets_for(row: Row, result: dict[str, Any], results: dict[Row, dict[str, Any]]) -> list[Target]:
     """The issue's targets that apply to `row`, evaluated on this run's `results`."""
     if not row.reader.startswith("fastwds") or result.get("status") != "ok":
         return []
     ratio = result.get("ratio")
     targets = []
-    if row.workload == "raw":
+    dali = results.get(Row(row.dataset, row.format, row.workload, "dali"))
+    if row.workload == "decode" and row.reader == "fastwds-wds" and row.dataset == "imagenet":
+        targets.append(_ratio_target(ratio, 2.0, ">= 2x webdataset's best"))
+        targets.append(_ratio_target(_share_of(result, dali), 1.0, ">= DALI"))
+    elif row.workload == "rrc" and row.reader == "fastwds-wds":
+        targets.append(_ratio_target(ratio, 4.0, ">= 4x webdataset's best"))
+        targets.append(_ratio_target(_share_of(result, dali), 2.0, ">= 2x DALI"))
+    elif row.workload == "raw":
         if row.format == "tgz":
             targets.append(_ratio_target(ratio, 3.0, ">= 3x webdataset"))
         elif row.dataset == "tiny":
@@ -196,10 +265,28 @@ def add_rates(results: dict[Row, dict[str, Any]]) -> None:
             result["us_per_sample"] = (
                 1e6 * result["seconds"] / result["samples"] if result["samples"] else None
             )
+    best: dict[tuple[str, str, str], float] = {}
     for row, result in results.items():
-        base = results.get(Row(row.dataset, row.format, row.workload, "webdataset"), {})
-        if result.get("status") == "ok" and base.get("status") == "ok" and base.get("samples_s"):
-            result["ratio"] = result["samples_s"] / base["samples_s"]
+        if row.reader == "webdataset" and result.get("status") == "ok" and result.get("samples_s"):
+            group = (row.dataset, row.format, GROUPS.get(row.workload, row.workload))
+            best[group] = max(best.get(group, 0.0), result["samples_s"])
+    for row, result in results.items():
+        base = best.get((row.dataset, row.format, GROUPS.get(row.workload, row.workload)))
+        if result.get("status") == "ok" and base:
+            result["ratio"] = result["samples_s"] / base
+
+
+def scaling_line(results: dict[Row, dict[str, Any]]) -> str | None:
+    """Native decoding's images/s per core and its scaling from 1 to 2 reader threads, when both ran."""
+    one = next((r for row, r in results.items() if row.reader == "fastwds-core-t1"), None)
+    two = next((r for row, r in results.items() if row.reader == "fastwds-core-t2"), None)
+    if not one or not two or one.get("status") != "ok" or two.get("status") != "ok":
+        return None
+    return (
+        f"Native decode (ShardReader, rgb8): {one['samples_s']:,.0f} images/s on 1 thread, "
+        f"{two['samples_s']:,.0f} on 2 ({two['samples_s'] / 2:,.0f} per core); "
+        f"1 -> 2 threads: {two['samples_s'] / one['samples_s']:.2f}x."
+    )
 
 
 def render_table(results: dict[Row, dict[str, Any]]) -> str:
@@ -222,7 +309,10 @@ def render_table(results: dict[Row, dict[str, Any]]) -> str:
         cells = [row.dataset, row.format, WORKLOADS[row.workload], READERS[row.reader]]
         status = result.get("status")
         if status != "ok":
-            text = "n/a (not available)" if status == "n/a" else f"error: {result.get('error', '?')}"
+            reason = str(result.get("error") or "not available").removeprefix("not available: ")
+            # One line, no cell separators: DALI's errors can be long, multi-line C++ messages.
+            reason = (reason.splitlines() or [""])[0].replace("|", "/")[:160]
+            text = f"n/a ({reason})" if status == "n/a" else f"error: {result.get('error', '?')}"
             cells += ["", text, "", "", "", "", ""]
         else:
             samples = f"{result['samples_per_pass']:,}"
@@ -290,7 +380,7 @@ def machine_info() -> dict[str, Any]:
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "ram_gb": ram_gb,
         "python": platform.python_version(),
-        "versions": {d: _version(d) for d in ("fastwds", "webdataset", "torch", "Pillow", "numpy")},
+        "versions": {d: _version(d) for d in REPORTED_VERSIONS},
     }
 
 
@@ -315,6 +405,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", help="comma-separated dataset/format/workload/reader names to run (see README)"
     )
+    parser.add_argument(
+        "--skip", help="comma-separated names whose rows are left out (any one name matching skips a row)"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results to this file")
     parser.add_argument(
         "--scale", type=float, help="dataset size as a fraction of full (overrides --quick's)"
@@ -333,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.budget if args.budget is not None else (10.0 if args.quick else 60.0)
     min_time = args.min_time if args.min_time is not None else (0.3 if args.quick else 2.0)
     rows = select_rows(plan_rows(), args.only)
+    for name in (args.skip or "").split(","):
+        if name.strip():
+            skipped = set(select_rows(rows, name))
+            rows = [row for row in rows if row not in skipped]
     if not rows:
         raise SystemExit("--only selected no rows")
 
@@ -353,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             "sizes": data.sizes[row.format],
             "samples_per_shard": data.samples_per_shard,
             "fields": TUPLE_FIELDS[row.dataset],
-            "budget": budget,
+            "budget": row_budget(row, budget),
             "min_time": min_time,
         }
         log(f"[{number}/{len(rows)}] {row.ident} ...")
@@ -372,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(render_table(results))
     print()
+    scaling = scaling_line(results)
+    if scaling:
+        print(scaling)
     print(machine_line(info))
     print(
         f"Date: {date}; datasets at scale {scale:g} ({'quick' if scale != 1.0 else 'full'}); "

@@ -5,11 +5,13 @@ what its reader needs, iterates, and prints one `RESULT {...}` line. `run_config
 
 A configuration is a dict with:
   reader    "cat" | "gzip" | "webdataset" | "fastwds-wds" (fastwds.WebDataset) | "fastwds-core" (ShardReader)
-  workload  "raw" (dicts of bytes) | "shuffle" | "decode" | "loader0" | "loader2"
+            | "fastwds-core-t1" / "fastwds-core-t2" (ShardReader with 1 or 2 threads) | "dali" (NVIDIA DALI)
+  workload  "raw" (dicts of bytes) | "shuffle" | "decode" | "loader0" | "loader2" | "decode-nw1" |
+            "decode-nw2" | "rrc" | "rrc-nw0" | "rrc-nw1" | "rrc-nw2" (see benches/README.md)
   paths, sizes, samples_per_shard, fields (for to_tuple), budget (s), min_time (s)
 
 Reads stop only at a shard boundary: once `budget` seconds have passed, at the next multiple of
-`samples_per_shard`, so both libraries always read whole shards (DataLoader rows, whose batches do not line
+`samples_per_shard`, so both libraries always read whole shards (batched rows, whose batches do not line
 up with shards, stop at the first batch past the budget). Short passes are repeated until `min_time`
 has passed, and the rate is taken over all passes.
 """
@@ -28,6 +30,8 @@ from typing import Any
 RESULT_PREFIX = "RESULT "
 CROP = 224
 BATCH = 64
+# ShardReader rows that give the native decoder's images/s per core: reader name -> threads.
+CORE_THREADS = {"fastwds-core-t1": 1, "fastwds-core-t2": 2}
 
 
 class NotAvailable(Exception):
@@ -85,6 +89,39 @@ def _center_crop(sample: tuple) -> tuple:
     return np.ascontiguousarray(image[top : top + CROP, left : left + CROP]), label
 
 
+def _as_lists(batch: list[tuple]) -> tuple[list, list]:
+    """Collates a batch of (image, label) tuples of varying image sizes as a list of image tensors and a list
+    of labels, without stacking."""
+    import torch
+
+    return [torch.from_numpy(sample[0]) for sample in batch], [sample[1] for sample in batch]
+
+
+class _ReferenceAugment:
+    """The reference training transform: torchvision's RandomResizedCrop(224) and RandomHorizontalFlip() on
+    a PIL image, then `np.asarray`, as a torchvision user writes it."""
+
+    def __init__(self) -> None:
+        try:
+            import torchvision.transforms
+        except ImportError as error:
+            raise NotAvailable(f"torchvision not installed ({error})") from error
+        transforms = torchvision.transforms
+        self.transform = transforms.Compose(
+            [transforms.RandomResizedCrop(CROP), transforms.RandomHorizontalFlip()]
+        )
+
+    def __call__(self, image: Any) -> Any:
+        import numpy as np
+
+        return np.asarray(self.transform(image))
+
+
+def is_batched(workload: str) -> bool:
+    """Whether a workload yields batches of BATCH samples (counted by their labels) instead of samples."""
+    return workload.startswith(("loader", "rrc")) or "-nw" in workload
+
+
 def _library(reader: str) -> Any:
     if reader == "webdataset":
         import webdataset
@@ -111,12 +148,24 @@ def _shard_reader_class(fastwds: Any) -> Any:
 def build_factory(config: dict[str, Any]) -> Callable[[], Iterable[Any]]:
     """Imports the reader and returns a function making one fresh pass over the configuration's shards."""
     reader, workload, urls = config["reader"], config["workload"], list(config["paths"])
+    if reader == "dali":
+        return _dali_factory(workload, urls, config["samples_per_shard"] * len(urls))
     lib = _library(reader)
     if reader == "fastwds-core":
         if workload != "raw":
             raise ValueError("fastwds.ShardReader is measured raw only")
         shard_reader = _shard_reader_class(lib)
         return lambda: shard_reader(urls)
+    if reader in CORE_THREADS:
+        if workload != "decode":
+            raise ValueError(f"{reader} is measured on decode only")
+        shard_reader = _shard_reader_class(lib)
+        threads, images = CORE_THREADS[reader], {"mode": "rgb8"}
+        try:
+            shard_reader(urls[:1], threads=threads, images=images)
+        except TypeError as error:  # a core built before native decoding has no `images` argument
+            raise NotAvailable(f"ShardReader(images=...): {error}") from error
+        return lambda: shard_reader(urls, threads=threads, images=images)
     _require(lib, "WebDataset")
 
     def dataset() -> Any:
@@ -141,7 +190,97 @@ def build_factory(config: dict[str, Any]) -> Callable[[], Iterable[Any]]:
             batch_size=BATCH,
             num_workers=workers,
         )
+    if workload in ("decode-nw1", "decode-nw2"):
+        # Full-size images differ in shape, so batches travel as lists; as tensors, each image crosses to
+        # the main process in shared memory instead of being pickled through a pipe.
+        _require(dataset(), "decode", "to_tuple")
+        import torch.utils.data
+
+        workers = int(workload[-1])
+        return lambda: torch.utils.data.DataLoader(
+            dataset().decode("rgb8").to_tuple("jpg", "cls"),
+            batch_size=BATCH,
+            num_workers=workers,
+            collate_fn=_as_lists,
+        )
+    if workload == "rrc":
+        if reader != "fastwds-wds":
+            raise ValueError("the native random-resized-crop row is fastwds's; the reference runs rrc-nwN")
+        _require(dataset(), "decode_images", "to_tuple", "batched")
+        return lambda: (
+            dataset()
+            .decode_images("rgb8", size=(CROP, CROP), crop="random_resized", flip=0.5, seed=0)
+            .to_tuple("jpg", "cls")
+            .batched(BATCH)
+        )
+    if workload in ("rrc-nw0", "rrc-nw1", "rrc-nw2"):
+        _require(dataset(), "decode", "to_tuple", "map_tuple")
+        augment = _ReferenceAugment()
+        import torch.utils.data
+
+        workers = int(workload[-1])
+        return lambda: torch.utils.data.DataLoader(
+            dataset().decode("pilrgb").to_tuple("jpg", "cls").map_tuple(augment, None),
+            batch_size=BATCH,
+            num_workers=workers,
+        )
     raise ValueError(f"unknown workload {workload!r}")
+
+
+def _dali_factory(workload: str, urls: list[str], total: int) -> Callable[[], Iterable[Any]]:
+    """NVIDIA DALI's CPU pipeline over the shards: `readers.webdataset` + `decoders.image` (and for "rrc"
+    `random_resized_crop` + a random horizontal flip), with as many threads as fastwds's default.
+
+    Each pass builds the pipeline (DALI's "start iterating": it also scans the tars, having no index files)
+    and runs it for one epoch. Decode passes yield (HxWx3 array, label) per sample, rrc passes batches of
+    (64x224x224x3 array, labels), all as numpy arrays. The factory first runs one batch over the first shard,
+    outside the timing, which loads DALI's decoder plugins; a DALI that cannot run here is "n/a".
+    """
+    if workload not in ("decode", "rrc"):
+        raise ValueError(f"DALI is measured on decode and rrc only, not {workload!r}")
+    try:
+        from nvidia.dali import fn, pipeline_def, types
+    except ImportError as error:
+        raise NotAvailable(f"nvidia-dali not installed ({error})") from error
+    import numpy as np
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, min(4, usable))  # fastwds's ShardReader default
+
+    @pipeline_def(batch_size=BATCH, num_threads=threads, device_id=None, prefetch_queue_depth=2)
+    def pipeline(paths: list[str]) -> Any:
+        # pad_last_batch: an epoch ends at a batch boundary instead of running into the next epoch.
+        jpg, cls = fn.readers.webdataset(paths=paths, ext=["jpg", "cls"], pad_last_batch=True)
+        images = fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
+        if workload == "rrc":
+            images = fn.random_resized_crop(images, size=CROP)
+            images = fn.flip(images, horizontal=fn.random.coin_flip())
+        return images, cls
+
+    def labels(tensors: Any, count: int) -> list[int]:
+        return [int(np.asarray(tensors[i]).tobytes()) for i in range(count)]
+
+    def one_pass(paths: list[str], samples: int) -> Iterable[Any]:
+        pipe = pipeline(paths)
+        pipe.build()
+        try:
+            for start in range(0, samples, BATCH):
+                images, cls = pipe.run()
+                count = min(BATCH, samples - start)  # the padding of the last batch is not counted
+                if workload == "rrc":
+                    yield images.as_array()[:count], labels(cls, count)
+                else:
+                    yield from zip((np.asarray(images[i]) for i in range(count)), labels(cls, count))
+        finally:
+            del pipe
+
+    try:
+        probe = one_pass(urls[:1], 1)
+        next(iter(probe))
+        probe.close()
+    except Exception as error:  # whatever stops DALI from running on this machine makes its rows n/a
+        raise NotAvailable(f"DALI cannot run here: {type(error).__name__}: {error}") from error
+    return lambda: one_pass(urls, total)
 
 
 def _workers_peak_rss_mb(iterator: Any) -> float:
@@ -157,7 +296,13 @@ def _warm_up(config: dict[str, Any]) -> None:
     One-time costs (modules a library imports lazily, on construction or on first use, such as torch or a
     decoder) then land before the clock starts for every reader alike, as `import webdataset` already does.
     """
-    workload = "decode" if config["workload"].startswith("loader") else config["workload"]
+    if config["reader"] == "dali":
+        return  # its factory already ran one batch over the first shard
+    workload = config["workload"]
+    if workload.startswith(("loader", "decode-nw")):
+        workload = "decode"
+    elif workload.startswith("rrc-nw"):
+        workload = "rrc-nw0"  # the same transforms in this process (one batch)
     iterator = iter(build_factory(config | {"workload": workload, "paths": config["paths"][:1]})())
     next(iterator, None)
     close = getattr(iterator, "close", None)
@@ -232,7 +377,7 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     make = build_factory(config)
     _warm_up(config)
     result["rss_after_imports_mb"] = _current_rss_mb()
-    batched = config["workload"].startswith("loader")
+    batched = is_batched(config["workload"])
     samples = passes = 0
     seconds = 0.0
     shards_read = 0

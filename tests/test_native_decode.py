@@ -278,3 +278,14 @@ def test_dataloader_workers_decode_natively_and_see_every_sample_once(image_shar
     loader = torch.utils.data.DataLoader(ds, num_workers=2, batch_size=None, multiprocessing_context="fork")
     keys = [key for key, _ in loader]
     assert sorted(keys) == sorted(f"s{s * 100 + i:05d}" for s in range(2) for i in range(12))
+
+
+def test_decode_after_decode_images_decodes_the_other_fields(image_shards) -> None:
+    ds = (
+        fastwds.WebDataset(image_shards, shardshuffle=False)
+        .decode_images("rgb8", size=(8, 8))
+        .decode()
+        .to_tuple("jpg;png;ppm", "cls", "json")
+    )
+    image, cls, meta = next(iter(ds))
+    assert image.shape == (8, 8, 3) and cls == 0 and meta == {"i": 0}

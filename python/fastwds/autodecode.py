@@ -478,6 +478,10 @@ class Decoder:
                     ) from v
                 result[k] = self.predecoded.finish(v)
                 continue
+            if isinstance(v, np.ndarray):
+                # Already decoded (by `decode_images`, say): nothing left to decode here.
+                result[k] = v
+                continue
             if not isinstance(v, _BYTES_LIKE):
                 if self.partial:
                     result[k] = v
