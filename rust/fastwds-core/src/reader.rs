@@ -7,6 +7,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{self, Read};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -338,14 +339,15 @@ impl Drop for Pool {
 }
 
 fn worker(shared: &Shared, tasks: &Receiver<Task>) {
-    // One decoder per thread: it keeps its resize buffers between images.
-    let mut decoder = shared.config.images.as_ref().map(|_| Decoder::new());
     while let Ok(task) = tasks.recv() {
         if shared.cancel.load(Ordering::SeqCst) {
             break;
         }
         let slot = task.slot;
-        let outcome = read_shard(shared, slot, task.spec, decoder.as_mut());
+        let url = task.spec.url().to_string();
+        // A bug must cost one shard, not hang the consumer waiting for an End that never comes.
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| read_shard(shared, slot, task.spec)))
+            .unwrap_or_else(|_| Err(Stop::Failed(ShardError::new(ErrorKind::Read, &url, "internal error (panic)"))));
         let pushed = match outcome {
             Ok(()) => Ok(()),
             Err(Stop::Failed(e)) => shared.ring.push_urgent(slot, Item::Error(e)),
@@ -373,7 +375,7 @@ impl From<Closed> for Stop {
 }
 
 /// Reads one shard to its end, pushing samples (or members) into its slot.
-fn read_shard(shared: &Shared, slot: usize, spec: ShardSpec, decoder: Option<&mut Decoder>) -> Result<(), Stop> {
+fn read_shard(shared: &Shared, slot: usize, spec: ShardSpec) -> Result<(), Stop> {
     let url: Arc<str> = Arc::from(spec.url());
     let mut opened = match spec {
         ShardSpec::Url(u) => open_url(&u, &shared.children, &shared.http).map_err(Stop::Failed)?,
@@ -383,7 +385,14 @@ fn read_shard(shared: &Shared, slot: usize, spec: ShardSpec, decoder: Option<&mu
         ShardSpec::Stream { stream, .. } => Opened { stream, command: None },
     };
     let command = opened.command.take();
-    match read_members(shared, slot, opened, &url, decoder) {
+    let mut out = Emitter { shared, slot, held: Vec::new(), images: 0 };
+    let read = read_members(shared, opened, &url, &mut out);
+    // Samples completed before a failure are delivered before it.
+    let read = match (read, out.flush()) {
+        (Err(Stop::Cancelled), _) | (_, Err(Closed)) => Err(Stop::Cancelled),
+        (read, Ok(())) => read,
+    };
+    match read {
         Err(Stop::Failed(e)) => Err(Stop::Failed(match command {
             Some(command) => command.explain(&url, e),
             None => e,
@@ -397,13 +406,7 @@ fn read_shard(shared: &Shared, slot: usize, spec: ShardSpec, decoder: Option<&mu
 }
 
 /// Parses the tar stream of an opened shard and groups its members.
-fn read_members(
-    shared: &Shared,
-    slot: usize,
-    opened: Opened,
-    url: &Arc<str>,
-    mut decoder: Option<&mut Decoder>,
-) -> Result<(), Stop> {
+fn read_members(shared: &Shared, opened: Opened, url: &Arc<str>, out: &mut Emitter<'_>) -> Result<(), Stop> {
     let url = Arc::clone(url);
     let (stream, _) =
         decompress(opened.stream).map_err(|e| Stop::Failed(TarError::io(0, None, &e).into_shard_error(&url)))?;
@@ -439,7 +442,7 @@ fn read_members(
             let mut data = Vec::new();
             tar.read_data(&header, &mut data).map_err(fail)?;
             let member = Sample { key: name, url: Arc::clone(&url), fields: vec![(String::new(), Value::Bytes(data))] };
-            shared.ring.push(slot, Item::Sample(member))?;
+            out.emit(member)?;
             continue;
         }
         let Some((key, field)) = split_key(&name) else {
@@ -451,7 +454,7 @@ fn read_members(
         let reserved = field == "__key__" || field == "__url__";
         if current.as_ref().is_none_or(|s| s.key != key) {
             if let Some(done) = current.take() {
-                shared.ring.push(slot, Item::Sample(done))?;
+                out.emit(done)?;
             }
             current = Some(Sample::new(key.to_string(), Arc::clone(&url)));
         }
@@ -472,11 +475,7 @@ fn read_members(
         }
         let mut data = Vec::new();
         tar.read_data(&header, &mut data).map_err(fail)?;
-        let value = match (&config.images, decoder.as_deref_mut()) {
-            (Some(stage), Some(decoder)) if stage.wants(&field) => stage.decode(decoder, &sample.key, &field, data),
-            _ => Value::Bytes(data),
-        };
-        sample.fields.push((field, value));
+        sample.fields.push((field, Value::Bytes(data)));
     }
     // Read what follows the end-of-archive marker: a gzip trailer's checksum is verified there, and a
     // `pipe:` command must not be left blocked writing into a pipe nobody reads.
@@ -484,7 +483,77 @@ fn read_members(
     let mut rest = tar.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(|e| fail(TarError::io(end, None, &e)))?;
     if let Some(done) = current.take() {
-        shared.ring.push(slot, Item::Sample(done))?;
+        out.emit(done)?;
     }
     Ok(())
+}
+
+/// Images decoded together: enough work per batch to keep every core busy and amortise starting threads.
+const DECODE_BATCH: usize = 32;
+
+/// Hands finished samples to the ring. With an image stage it holds them back in small batches whose images
+/// are decoded in parallel, so one shard's decoding uses every core while the output keeps the shard's order
+/// (in ordered mode the other shards are only read ahead as far as the buffer allows).
+struct Emitter<'a> {
+    shared: &'a Shared,
+    slot: usize,
+    held: Vec<Sample>,
+    images: usize,
+}
+
+impl Emitter<'_> {
+    fn emit(&mut self, sample: Sample) -> Result<(), Closed> {
+        let Some(stage) = &self.shared.config.images else {
+            return self.shared.ring.push(self.slot, Item::Sample(sample));
+        };
+        self.images += sample.fields.iter().filter(|(field, _)| stage.wants(field)).count();
+        self.held.push(sample);
+        if self.images >= DECODE_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Closed> {
+        if let Some(stage) = &self.shared.config.images {
+            decode_batch(stage, &mut self.held, self.shared.config.thread_count());
+        }
+        self.images = 0;
+        for sample in self.held.drain(..) {
+            self.shared.ring.push(self.slot, Item::Sample(sample))?;
+        }
+        Ok(())
+    }
+}
+
+/// Decodes the image fields of `samples` in place on up to `threads` threads.
+fn decode_batch(stage: &ImageStage, samples: &mut [Sample], threads: usize) {
+    let jobs: Vec<Mutex<(&str, &str, &mut Value)>> = samples
+        .iter_mut()
+        .flat_map(|Sample { key, fields, .. }| {
+            let key = key.as_str();
+            fields
+                .iter_mut()
+                .filter(|(field, _)| stage.wants(field))
+                .map(move |(field, value)| Mutex::new((key, field.as_str(), value)))
+        })
+        .collect();
+    let next = AtomicUsize::new(0);
+    let run = || {
+        let mut decoder = Decoder::new();
+        while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let mut job = job.lock().unwrap_or_else(|e| e.into_inner());
+            let (key, field, value) = &mut *job;
+            if let Value::Bytes(data) = std::mem::replace(&mut **value, Value::Bytes(Vec::new())) {
+                **value = stage.decode(&mut decoder, key, field, data);
+            }
+        }
+    };
+    let helpers = threads.min(jobs.len()).saturating_sub(1);
+    thread::scope(|scope| {
+        for _ in 0..helpers {
+            scope.spawn(run);
+        }
+        run();
+    });
 }
