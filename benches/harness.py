@@ -63,7 +63,10 @@ WORKLOADS = {
     "rrc-nw0": "PIL + torchvision RandomResizedCrop 224 + flip, DataLoader nw=0, bs=64",
     "rrc-nw1": "PIL + torchvision RandomResizedCrop 224 + flip, DataLoader nw=1, bs=64",
     "rrc-nw2": "PIL + torchvision RandomResizedCrop 224 + flip, DataLoader nw=2, bs=64",
+    "write": "TarWriter(encoder=False) writes the samples",
 }
+# The writer rows write this many shards' samples (held in memory) per pass.
+WRITE_SHARDS = 4
 # Workloads that are one task done different ways: a row's ratio is over the best webdataset row of its
 # group (the reference with its best DataLoader setting). Other workloads are groups of their own.
 GROUPS = {
@@ -109,6 +112,7 @@ def plan_rows() -> list[Row]:
                 rows += [Row(name, fmt, "shuffle", r) for r in ("webdataset", "fastwds-wds")]
             if fmt == "tar" and name == "imagenet":
                 rows += _image_rows(name, fmt)
+                rows += [Row(name, fmt, "write", r) for r in ("webdataset", "fastwds-wds")]
     return rows
 
 
@@ -240,6 +244,8 @@ def targets_for(row: Row, result: dict[str, Any], results: dict[Row, dict[str, A
                     delta <= RING_BUFFER_MB + RSS_OVERHEAD_MB,
                 )
             )
+    elif row.workload == "write":
+        targets.append(_ratio_target(ratio, 2.0, ">= 2x webdataset"))
     elif row.workload == "shuffle" and row.dataset == "tiny":
         targets.append(_ratio_target(ratio, 5.0, ">= 5x webdataset"))
     elif row.workload.startswith("loader"):
@@ -443,11 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[Row, dict[str, Any]] = {}
     for number, row in enumerate(rows, 1):
         data = made[row.dataset]
+        shards = WRITE_SHARDS if row.workload == "write" else None
         config = {
             "reader": row.reader,
             "workload": row.workload,
-            "paths": data.paths[row.format],
-            "sizes": data.sizes[row.format],
+            "paths": data.paths[row.format][:shards],
+            "sizes": data.sizes[row.format][:shards],
+            "write_dir": str(data.directory),
             "samples_per_shard": data.samples_per_shard,
             "fields": TUPLE_FIELDS[row.dataset],
             "budget": row_budget(row, budget),

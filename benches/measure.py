@@ -24,7 +24,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 RESULT_PREFIX = "RESULT "
@@ -173,6 +173,8 @@ def build_factory(config: dict[str, Any]) -> Callable[[], Iterable[Any]]:
 
     if workload == "raw":
         return dataset
+    if workload == "write":
+        return _writer_factory(lib, urls, config["write_dir"])
     if workload == "shuffle":
         _require(dataset(), "shuffle", "to_tuple")
         fields = config["fields"]
@@ -225,6 +227,47 @@ def build_factory(config: dict[str, Any]) -> Callable[[], Iterable[Any]]:
             num_workers=workers,
         )
     raise ValueError(f"unknown workload {workload!r}")
+
+
+def _load_samples(urls: list[str]) -> list[dict[str, Any]]:
+    """The shards' samples as dicts of bytes, read with Python's tarfile (no reader under test involved)."""
+    import tarfile
+
+    samples: list[dict[str, Any]] = []
+    for url in urls:
+        with tarfile.open(url) as tf:
+            for member in tf:
+                if not member.isreg():
+                    continue
+                name = member.name
+                dot = name.find(".", name.rfind("/") + 1)
+                if dot < 0:
+                    continue
+                key, field = name[:dot], name[dot + 1 :]
+                if not samples or samples[-1]["__key__"] != key:
+                    samples.append({"__key__": key})
+                samples[-1][field] = tf.extractfile(member).read()
+    return samples
+
+
+def _writer_factory(lib: Any, urls: list[str], write_dir: str) -> Callable[[], Iterable[Any]]:
+    """Each pass writes the shards' samples (held in memory) into one tar file with `TarWriter(path,
+    encoder=False)`, yielding each sample once written; the file is removed after the pass."""
+    _require(lib, "TarWriter")
+    samples = _load_samples(urls)
+
+    def write_pass() -> Iterator[Any]:
+        path = os.path.join(write_dir, f"write-{os.getpid()}.tar")
+        try:
+            with lib.TarWriter(path, encoder=False) as sink:
+                for sample in samples:
+                    sink.write(sample)
+                    yield sample
+        finally:
+            if os.path.exists(path):
+                os.remove(path)
+
+    return write_pass
 
 
 def _dali_factory(workload: str, urls: list[str], total: int) -> Callable[[], Iterable[Any]]:
