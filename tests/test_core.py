@@ -762,3 +762,33 @@ def test_tar_samples_handler(tmp_path: Path, shards: list[str]) -> None:
     assert got == [{**s, "__url__": str(cut)} for s in reference(shards[:1])[:2]]
     with pytest.raises(_core.ShardError):
         list(_core.tar_samples(str(cut)))
+
+
+def test_large_members_are_read_whole_into_bytes_and_a_cut_inside_one_raises(tmp_path) -> None:
+    # Members of 1 MiB and more are read by the reader threads straight into the bytes Python gets.
+    big = bytes(range(256)) * 8192  # 2 MiB
+    path = tmp_path / "large.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        for key, payload in (("a", big), ("b", big[::-1]), ("c", b"small")):
+            for ext, data in (("npy", payload), ("txt", key.encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    samples = list(_core.ShardReader([str(path)]))
+    assert [(s["__key__"], s["npy"], s["txt"]) for s in samples] == [
+        ("a", big, b"a"),
+        ("b", big[::-1], b"b"),
+        ("c", b"small", b"c"),
+    ]
+    assert all(type(s["npy"]) is bytes for s in samples)
+    members = list(_core.tar_members(str(path)))
+    assert members[0]["data"] == big and type(members[0]["data"]) is bytes
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: data.index(big[::-1][:4096]) + 1000])  # inside b.npy
+    got = []
+    with pytest.raises(_core.ShardError) as info:
+        for sample in _core.ShardReader([str(cut)]):
+            got.append(sample["__key__"])
+    assert got == ["a"]
+    assert info.value.member == "b.npy" and info.value.offset is not None

@@ -16,4 +16,4 @@ pub mod tar;
 
 pub use error::{ErrorKind, ShardError};
 pub use reader::{ImageStage, Item, Next, Pool, ReaderConfig, ShardSpec};
-pub use sample::{split_key, Sample, Value};
+pub use sample::{split_key, BufferAllocator, FieldBuffer, Sample, Value};

@@ -19,9 +19,9 @@ use crate::decompress::decompress;
 use crate::error::{ErrorKind, ShardError, TarError};
 use crate::image::{DecodeSpec, Decoder};
 use crate::ring::{Closed, Ring, Weighed};
-use crate::sample::{is_metadata, split_key, Sample, Value};
+use crate::sample::{is_metadata, split_key, BufferAllocator, Sample, Value};
 use crate::source::{http_agent, open_url, ChildRegistry, Opened};
-use crate::tar::TarReader;
+use crate::tar::{MemberHeader, TarReader};
 
 /// The longest a consumer sleeps before looking at its queue again: the delay a partial batch can see.
 const POLL_SLICE: Duration = Duration::from_millis(2);
@@ -49,6 +49,9 @@ pub struct ReaderConfig {
     pub members: bool,
     /// Decode image fields on the reader threads.
     pub images: Option<Arc<ImageStage>>,
+    /// Where members of at least `allocate_from` bytes are read into (see [`FieldBuffer`]).
+    pub allocator: Option<Arc<BufferAllocator>>,
+    pub allocate_from: u64,
 }
 
 /// Image fields to decode on the reader threads, and how.
@@ -110,6 +113,8 @@ impl Default for ReaderConfig {
             lcase: true,
             members: false,
             images: None,
+            allocator: None,
+            allocate_from: 1 << 20,
         }
     }
 }
@@ -439,9 +444,8 @@ fn read_members(shared: &Shared, opened: Opened, url: &Arc<str>, out: &mut Emitt
             }
         }
         if config.members {
-            let mut data = Vec::new();
-            tar.read_data(&header, &mut data).map_err(fail)?;
-            let member = Sample { key: name, url: Arc::clone(&url), fields: vec![(String::new(), Value::Bytes(data))] };
+            let data = read_value(&mut tar, &header, config, true).map_err(fail)?;
+            let member = Sample { key: name, url: Arc::clone(&url), fields: vec![(String::new(), data)] };
             out.emit(member)?;
             continue;
         }
@@ -473,9 +477,10 @@ fn read_members(shared: &Shared, opened: Opened, url: &Arc<str>, out: &mut Emitt
         if config.fields.as_ref().is_some_and(|keep| !keep.contains(&field)) {
             continue;
         }
-        let mut data = Vec::new();
-        tar.read_data(&header, &mut data).map_err(fail)?;
-        sample.fields.push((field, Value::Bytes(data)));
+        // Image fields stay in a Vec: the decoder reads them and replaces them with pixels.
+        let direct = !config.images.as_ref().is_some_and(|stage| stage.wants(&field));
+        let value = read_value(&mut tar, &header, config, direct).map_err(fail)?;
+        sample.fields.push((field, value));
     }
     // Read what follows the end-of-archive marker: a gzip trailer's checksum is verified there, and a
     // `pipe:` command must not be left blocked writing into a pipe nobody reads.
@@ -486,6 +491,25 @@ fn read_members(shared: &Shared, opened: Opened, url: &Arc<str>, out: &mut Emitt
         out.emit(done)?;
     }
     Ok(())
+}
+
+/// Reads a member's data: into a consumer's buffer when it is large (and `direct`), else into a Vec.
+fn read_value<R: Read>(
+    tar: &mut TarReader<R>,
+    header: &MemberHeader,
+    config: &ReaderConfig,
+    direct: bool,
+) -> Result<Value, TarError> {
+    if direct && header.size >= config.allocate_from {
+        let buffer = usize::try_from(header.size).ok().and_then(|len| config.allocator.as_ref().and_then(|a| a(len)));
+        if let Some(mut buffer) = buffer {
+            tar.read_data_into(header, buffer.as_mut_slice())?;
+            return Ok(Value::Buffer(buffer));
+        }
+    }
+    let mut data = Vec::new();
+    tar.read_data(header, &mut data)?;
+    Ok(Value::Bytes(data))
 }
 
 /// Images decoded together: enough work per batch to keep every core busy and amortise starting threads.

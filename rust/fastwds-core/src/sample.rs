@@ -2,12 +2,28 @@
 
 use std::sync::Arc;
 
+use std::any::Any;
+use std::fmt;
+
 use crate::image::Pixels;
 
+/// Memory for a member's bytes that the consumer allocated (the Python binding hands out `bytes` objects), so
+/// a large member is read straight into its final home instead of being copied there afterwards.
+pub trait FieldBuffer: Send {
+    fn as_slice(&self) -> &[u8];
+    fn as_mut_slice(&mut self) -> &mut [u8];
+    /// For the consumer to recognise its own type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Allocates a buffer of exactly `len` bytes, or declines (the reader then uses a `Vec`).
+pub type BufferAllocator = dyn Fn(usize) -> Option<Box<dyn FieldBuffer>> + Send + Sync;
+
 /// A field's value: the member's bytes, or what the reader threads decoded them into.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Bytes(Vec<u8>),
+    /// The member's bytes, in a buffer the consumer allocated.
+    Buffer(Box<dyn FieldBuffer>),
     Image(Pixels),
     /// Decoding failed; the message says why. It travels with the sample, so the consumer can report it for
     /// this sample alone (as a decoder in Python would) instead of failing the shard.
@@ -19,8 +35,48 @@ impl Value {
     pub fn as_slice(&self) -> &[u8] {
         match self {
             Value::Bytes(b) => b,
+            Value::Buffer(b) => b.as_slice(),
             Value::Image(p) => &p.data,
             Value::DecodeError(m) => m.as_bytes(),
+        }
+    }
+}
+
+impl Clone for Value {
+    /// A consumer's buffer is copied into a `Vec`: a clone owns its bytes.
+    fn clone(&self) -> Self {
+        match self {
+            Value::Bytes(b) => Value::Bytes(b.clone()),
+            Value::Buffer(b) => Value::Bytes(b.as_slice().to_vec()),
+            Value::Image(p) => Value::Image(p.clone()),
+            Value::DecodeError(m) => Value::DecodeError(m.clone()),
+        }
+    }
+}
+
+impl PartialEq for Value {
+    /// Bytes are equal by content, wherever they are held.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Value::Bytes(_) | Value::Buffer(_), Value::Bytes(_) | Value::Buffer(_)) => {
+                self.as_slice() == other.as_slice()
+            }
+            (Value::Image(a), Value::Image(b)) => a == b,
+            (Value::DecodeError(a), Value::DecodeError(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Value {}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Bytes(b) => f.debug_tuple("Bytes").field(b).finish(),
+            Value::Buffer(b) => write!(f, "Buffer({} bytes)", b.as_slice().len()),
+            Value::Image(p) => f.debug_tuple("Image").field(p).finish(),
+            Value::DecodeError(m) => f.debug_tuple("DecodeError").field(m).finish(),
         }
     }
 }

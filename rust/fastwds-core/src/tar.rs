@@ -161,6 +161,30 @@ impl<R: Read> TarReader<R> {
         self.skip_pending()
     }
 
+    /// Reads the current member's data into `buf`, which holds exactly its size, then its padding.
+    pub fn read_data_into(&mut self, header: &MemberHeader, buf: &mut [u8]) -> Result<(), TarError> {
+        debug_assert_eq!(buf.len() as u64, header.size);
+        let mut got = 0;
+        while got < buf.len() {
+            match self.inner.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(TarError::io(self.offset + got as u64, Some(&header.name), &e)),
+            }
+        }
+        self.offset += got as u64;
+        self.pending -= got as u64;
+        if got < buf.len() {
+            return Err(TarError::truncated(
+                self.offset,
+                Some(&header.name),
+                &format!("inside member data ({got} of {} bytes)", header.size),
+            ));
+        }
+        self.skip_pending()
+    }
+
     /// Skips the current member's data and padding.
     pub fn skip_data(&mut self) -> Result<(), TarError> {
         self.skip_pending()

@@ -11,11 +11,15 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyString, PyTuple};
 
+use crate::buffer::{buffer_to_bytes, bytes_allocator};
 use crate::errors::{to_pyerr, ImageDecodeError};
 use crate::fork;
 use crate::image::{build_spec, pixels_to_array};
 use crate::pyfile::PyFileReader;
 use crate::wait::next_item;
+
+/// Members this large are read by the reader threads straight into the `bytes` Python gets.
+const LARGE_FIELD: u64 = 1 << 20;
 
 /// Distinct field names remembered per iterator.
 const MAX_CACHED_NAMES: usize = 32;
@@ -93,6 +97,8 @@ impl Options {
             lcase: self.lcase,
             members: self.members,
             images,
+            allocator: Some(bytes_allocator()),
+            allocate_from: LARGE_FIELD,
         })
     }
 
@@ -363,8 +369,12 @@ impl IterState {
         let d = PyDict::new(py);
         if self.config.members {
             d.set_item(intern!(py, "fname"), sample.key)?;
-            let data = sample.fields.first().map_or(&[][..], |(_, value)| value.as_slice());
-            d.set_item(intern!(py, "data"), PyBytes::new(py, data))?;
+            let data = match sample.fields.first() {
+                Some((_, Value::Buffer(buffer))) => buffer_to_bytes(py, buffer.as_ref()),
+                Some((_, value)) => PyBytes::new(py, value.as_slice()).unbind(),
+                None => PyBytes::new(py, b"").unbind(),
+            };
+            d.set_item(intern!(py, "data"), data)?;
             d.set_item(intern!(py, "__url__"), url)?;
             return Ok(d);
         }
@@ -384,6 +394,7 @@ impl IterState {
             };
             match value {
                 Value::Bytes(data) => d.set_item(name, PyBytes::new(py, &data))?,
+                Value::Buffer(buffer) => d.set_item(name, buffer_to_bytes(py, buffer.as_ref()))?,
                 Value::Image(pixels) => d.set_item(name, pixels_to_array(py, pixels)?)?,
                 // The decode stage in Python raises it for this sample, through the pipeline's handler.
                 Value::DecodeError(message) => d.set_item(name, ImageDecodeError::new_err(message).into_value(py))?,

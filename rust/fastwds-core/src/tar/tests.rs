@@ -1131,3 +1131,24 @@ fn gzip_cut_inside_a_member_of_two_concatenated_members() {
         assert_eq!(e.kind, ErrorKind::Truncated, "cut {cut}: {e:?}");
     }
 }
+
+#[test]
+fn read_data_into_fills_the_buffer_and_reports_a_cut_member() {
+    let payload: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let bytes = cat(&[file("big.bin", &payload), file("next.txt", b"x"), end()]);
+    let mut tar = TarReader::new(Cursor::new(&bytes));
+    let h = tar.next_member().expect("ok").expect("big");
+    let mut buf = vec![0u8; h.size as usize];
+    tar.read_data_into(&h, &mut buf).expect("whole member");
+    assert_eq!(buf, payload);
+    assert_eq!(tar.next_member().expect("ok").expect("next").name, "next.txt");
+
+    let cut = &bytes[..512 + 3000];
+    let mut tar = TarReader::new(Cursor::new(cut));
+    let h = tar.next_member().expect("ok").expect("big");
+    let mut buf = vec![0u8; h.size as usize];
+    let err = tar.read_data_into(&h, &mut buf).expect_err("cut inside the member");
+    assert_eq!(err.kind, ErrorKind::Truncated);
+    assert_eq!(err.member.as_deref(), Some("big.bin"));
+    assert_eq!(err.offset, 512 + 3000);
+}
