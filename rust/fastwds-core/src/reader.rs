@@ -212,13 +212,9 @@ impl Pool {
     pub fn start(config: ReaderConfig) -> Pool {
         let threads = config.thread_count();
         let prefetch = config.prefetch_count().max(1);
-        let (slots, per_bytes, per_items) = if config.ordered {
-            (prefetch, config.buffer_bytes / prefetch, config.buffer_samples / prefetch)
-        } else {
-            (1, config.buffer_bytes, config.buffer_samples)
-        };
+        let slots = if config.ordered { prefetch } else { 1 };
         let shared = Arc::new(Shared {
-            ring: Ring::new(slots, per_bytes, per_items),
+            ring: Ring::new(slots, config.buffer_bytes, config.buffer_samples),
             config,
             cancel: AtomicBool::new(false),
             children: ChildRegistry::default(),
@@ -269,6 +265,7 @@ impl Pool {
         let item = self.local.pop_front()?;
         if matches!(item, Item::End) {
             self.ended += 1;
+            self.shared.ring.set_current(self.current_slot());
         }
         Some(item)
     }

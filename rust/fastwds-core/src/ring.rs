@@ -1,8 +1,11 @@
-//! The bounded buffer between reader threads and the consumer: one queue per slot, each bounded by bytes
-//! and by item count, so memory stays bounded whatever the shard and sample sizes.
+//! The bounded buffer between reader threads and the consumer: one queue per slot (per shard in flight),
+//! sharing one budget of bytes and items, so memory stays bounded whatever the shard and sample sizes.
 //!
-//! An item is admitted whenever its queue is below both limits, so one sample larger than the whole budget
-//! still passes (one at a time) instead of deadlocking.
+//! Any slot may fill the shared budget, so a reader working ahead on the next shard is not idled after a
+//! fixed fraction of it; the slot the consumer is reading (`current`) keeps a reserved share on top, so it is
+//! never starved by the others and nothing deadlocks. An empty queue always admits one item, so a sample
+//! larger than the whole budget still passes. Memory: at most the budget, plus the reserve, plus one item
+//! per slot.
 //!
 //! Waking a sleeping consumer costs a syscall and a context switch, more than producing a small sample, so
 //! producers wake it only once a batch is ready (or on `push_urgent`); a consumer that finds its queue empty
@@ -32,6 +35,10 @@ struct Queue<T> {
 
 struct State<T> {
     queues: Vec<Queue<T>>,
+    total_bytes: usize,
+    total_items: usize,
+    /// The slot the consumer is reading.
+    current: usize,
     closed: bool,
     consumer_waiting: bool,
     producers_waiting: usize,
@@ -44,18 +51,41 @@ pub struct Ring<T> {
     writable: Condvar,
     max_bytes: usize,
     max_items: usize,
+    reserve_bytes: usize,
+    reserve_items: usize,
 }
 
 impl<T: Weighed> Ring<T> {
-    /// `slots` queues, each bounded by `max_bytes` and `max_items` (at least one item).
+    /// `slots` queues sharing `max_bytes` and `max_items`; the current slot's reserve is a `1/slots` share.
     pub fn new(slots: usize, max_bytes: usize, max_items: usize) -> Self {
-        let queues = (0..slots.max(1)).map(|_| Queue { items: VecDeque::new(), bytes: 0 }).collect();
+        let slots = slots.max(1);
+        let queues = (0..slots).map(|_| Queue { items: VecDeque::new(), bytes: 0 }).collect();
+        let state = State {
+            queues,
+            total_bytes: 0,
+            total_items: 0,
+            current: 0,
+            closed: false,
+            consumer_waiting: false,
+            producers_waiting: 0,
+        };
         Ring {
-            state: Mutex::new(State { queues, closed: false, consumer_waiting: false, producers_waiting: 0 }),
+            state: Mutex::new(state),
             readable: Condvar::new(),
             writable: Condvar::new(),
             max_bytes,
             max_items: max_items.max(1),
+            reserve_bytes: max_bytes / slots,
+            reserve_items: (max_items / slots).max(1),
+        }
+    }
+
+    /// The consumer moved on to `slot`: a producer held back by the shared budget may now use the reserve.
+    pub fn set_current(&self, slot: usize) {
+        let mut state = self.lock();
+        state.current = slot;
+        if state.producers_waiting > 0 {
+            self.writable.notify_all();
         }
     }
 
@@ -63,8 +93,16 @@ impl<T: Weighed> Ring<T> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn full(&self, q: &Queue<T>) -> bool {
-        !q.items.is_empty() && (q.items.len() >= self.max_items || q.bytes >= self.max_bytes)
+    fn full(&self, state: &State<T>, slot: usize) -> bool {
+        let q = &state.queues[slot];
+        if q.items.is_empty() {
+            return false;
+        }
+        if state.total_bytes < self.max_bytes && state.total_items < self.max_items {
+            return false;
+        }
+        // Over the shared budget: only the slot the consumer reads goes on, within its reserve.
+        !(slot == state.current && q.bytes < self.reserve_bytes && q.items.len() < self.reserve_items)
     }
 
     /// Appends to a slot's queue, blocking while it is full.
@@ -83,17 +121,20 @@ impl<T: Weighed> Ring<T> {
             if state.closed {
                 return Err(Closed);
             }
-            if !self.full(&state.queues[slot]) {
+            if !self.full(&state, slot) {
                 break;
             }
             state.producers_waiting += 1;
             state = self.writable.wait(state).unwrap_or_else(|e| e.into_inner());
             state.producers_waiting -= 1;
         }
+        let weight = item.weight();
+        state.total_bytes += weight;
+        state.total_items += 1;
         let q = &mut state.queues[slot];
-        q.bytes += item.weight();
+        q.bytes += weight;
         q.items.push_back(item);
-        let batch_ready = urgent || q.items.len() >= WAKE_ITEMS || q.bytes >= WAKE_BYTES || self.full(q);
+        let batch_ready = urgent || q.items.len() >= WAKE_ITEMS || q.bytes >= WAKE_BYTES || self.full(&state, slot);
         if state.consumer_waiting && batch_ready {
             self.readable.notify_one();
         }
@@ -118,10 +159,14 @@ impl<T: Weighed> Ring<T> {
         }
         let q = &mut state.queues[slot];
         let n = q.items.len().min(max);
+        let mut freed = 0;
         for item in q.items.drain(..n) {
-            q.bytes -= item.weight();
+            freed += item.weight();
             out.push_back(item);
         }
+        q.bytes -= freed;
+        state.total_bytes -= freed;
+        state.total_items -= n;
         if n > 0 && state.producers_waiting > 0 {
             // Producers wait on different slots; wake them all and let each recheck its own.
             self.writable.notify_all();
@@ -137,6 +182,8 @@ impl<T: Weighed> Ring<T> {
             q.items.clear();
             q.bytes = 0;
         }
+        state.total_bytes = 0;
+        state.total_items = 0;
         drop(state);
         self.readable.notify_all();
         self.writable.notify_all();
@@ -189,6 +236,30 @@ mod tests {
         assert_eq!(producer.join().unwrap(), Err(Closed));
         let mut out = VecDeque::new();
         assert_eq!(ring.pop_into(0, &mut out, 1, Duration::from_millis(1)), Err(Closed));
+    }
+
+    #[test]
+    fn slots_share_the_budget_and_the_current_slot_keeps_a_reserve() {
+        // Budget 4 items over 2 slots: reserve 2 for the slot being read.
+        let ring: Arc<Ring<Vec<u8>>> = Arc::new(Ring::new(2, 1 << 20, 4));
+        for i in 0..4 {
+            ring.push(1, vec![i]).unwrap(); // the slot read next may fill the whole budget
+        }
+        ring.push(0, vec![9]).unwrap(); // an empty queue always takes one item
+        ring.push(0, vec![9]).unwrap(); // over budget, but the current slot has its reserve
+        let r = Arc::clone(&ring);
+        let blocked = thread::spawn(move || r.push(1, vec![4]));
+        thread::sleep(Duration::from_millis(50));
+        assert!(!blocked.is_finished(), "a slot ahead of the consumer waits once the budget is spent");
+        let mut out = VecDeque::new();
+        ring.pop_into(0, &mut out, 10, Duration::from_millis(5)).unwrap();
+        ring.set_current(1);
+        thread::sleep(Duration::from_millis(50));
+        assert!(!blocked.is_finished(), "still over the budget, and over the reserve of the current slot");
+        ring.pop_into(1, &mut out, 2, Duration::from_millis(5)).unwrap(); // back under the budget
+        assert_eq!(blocked.join().unwrap(), Ok(()));
+        ring.pop_into(1, &mut out, 10, Duration::from_millis(5)).unwrap();
+        assert_eq!(out.iter().map(|v| v[0]).collect::<Vec<_>>(), [9, 9, 0, 1, 2, 3, 4]);
     }
 
     #[test]
