@@ -1,11 +1,10 @@
 //! The bounded buffer between reader threads and the consumer: one queue per slot (per shard in flight),
 //! sharing one budget of bytes and items, so memory stays bounded whatever the shard and sample sizes.
 //!
-//! Any slot may fill the shared budget, so a reader working ahead on the next shard is not idled after a
-//! fixed fraction of it; the slot the consumer is reading (`current`) keeps a reserved share on top, so it is
-//! never starved by the others and nothing deadlocks. An empty queue always admits one item, so a sample
-//! larger than the whole budget still passes. Memory: at most the budget, plus the reserve, plus one item
-//! per slot.
+//! The slot the consumer is reading (`current`) has a reserved share of the budget, so it is never starved
+//! by the others and nothing deadlocks; the other slots share the rest, so a reader working ahead on the next
+//! shard is not idled after a fixed fraction of it. An empty queue always admits one item, so a sample larger
+//! than the whole budget still passes. Memory: at most the budget plus one item per slot.
 //!
 //! Waking a sleeping consumer costs a syscall and a context switch, more than producing a small sample, so
 //! producers wake it only once a batch is ready (or on `push_urgent`); a consumer that finds its queue empty
@@ -76,7 +75,7 @@ impl<T: Weighed> Ring<T> {
             max_bytes,
             max_items: max_items.max(1),
             reserve_bytes: max_bytes / slots,
-            reserve_items: (max_items / slots).max(1),
+            reserve_items: (max_items.max(1) / slots).max(1),
         }
     }
 
@@ -98,11 +97,12 @@ impl<T: Weighed> Ring<T> {
         if q.items.is_empty() {
             return false;
         }
-        if state.total_bytes < self.max_bytes && state.total_items < self.max_items {
-            return false;
+        if slot == state.current {
+            return q.bytes >= self.reserve_bytes || q.items.len() >= self.reserve_items;
         }
-        // Over the shared budget: only the slot the consumer reads goes on, within its reserve.
-        !(slot == state.current && q.bytes < self.reserve_bytes && q.items.len() < self.reserve_items)
+        let shared_bytes = self.max_bytes - self.reserve_bytes;
+        let shared_items = self.max_items - self.reserve_items;
+        state.total_bytes >= shared_bytes || state.total_items >= shared_items
     }
 
     /// Appends to a slot's queue, blocking while it is full.
@@ -240,26 +240,27 @@ mod tests {
 
     #[test]
     fn slots_share_the_budget_and_the_current_slot_keeps_a_reserve() {
-        // Budget 4 items over 2 slots: reserve 2 for the slot being read.
-        let ring: Arc<Ring<Vec<u8>>> = Arc::new(Ring::new(2, 1 << 20, 4));
-        for i in 0..4 {
-            ring.push(1, vec![i]).unwrap(); // the slot read next may fill the whole budget
+        // Budget 6 items over 3 slots: a reserve of 2 for the slot being read, 4 shared by the others.
+        let ring: Arc<Ring<Vec<u8>>> = Arc::new(Ring::new(3, 1 << 20, 6));
+        for i in 0..3 {
+            ring.push(1, vec![i]).unwrap(); // the next shard may take the whole shared part, not just its third
         }
-        ring.push(0, vec![9]).unwrap(); // an empty queue always takes one item
-        ring.push(0, vec![9]).unwrap(); // over budget, but the current slot has its reserve
+        ring.push(2, vec![7]).unwrap();
+        ring.push(0, vec![8]).unwrap();
+        ring.push(0, vec![9]).unwrap(); // the shared part is spent, but the current slot has its reserve
         let r = Arc::clone(&ring);
-        let blocked = thread::spawn(move || r.push(1, vec![4]));
+        let blocked = thread::spawn(move || r.push(1, vec![3]));
         thread::sleep(Duration::from_millis(50));
-        assert!(!blocked.is_finished(), "a slot ahead of the consumer waits once the budget is spent");
+        assert!(!blocked.is_finished(), "a slot ahead of the consumer waits once the shared part is spent");
         let mut out = VecDeque::new();
         ring.pop_into(0, &mut out, 10, Duration::from_millis(5)).unwrap();
         ring.set_current(1);
         thread::sleep(Duration::from_millis(50));
-        assert!(!blocked.is_finished(), "still over the budget, and over the reserve of the current slot");
-        ring.pop_into(1, &mut out, 2, Duration::from_millis(5)).unwrap(); // back under the budget
+        assert!(!blocked.is_finished(), "slot 1 now holds more than the reserve");
+        ring.pop_into(1, &mut out, 2, Duration::from_millis(5)).unwrap(); // back under the reserve
         assert_eq!(blocked.join().unwrap(), Ok(()));
         ring.pop_into(1, &mut out, 10, Duration::from_millis(5)).unwrap();
-        assert_eq!(out.iter().map(|v| v[0]).collect::<Vec<_>>(), [9, 9, 0, 1, 2, 3, 4]);
+        assert_eq!(out.iter().map(|v| v[0]).collect::<Vec<_>>(), [8, 9, 0, 1, 2, 3]);
     }
 
     #[test]
