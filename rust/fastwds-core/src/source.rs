@@ -138,7 +138,7 @@ impl PipeCommand {
                 return self.reap();
             }
             if cancel.load(Ordering::Relaxed) {
-                self.kill_and_reap();
+                self.reap();
                 return None;
             }
             thread::sleep(Duration::from_millis(2));
@@ -162,21 +162,14 @@ impl PipeCommand {
         }
     }
 
-    /// Reaps the exited shell after killing what it left running in its group: a background process that
-    /// holds stderr open would otherwise keep the shard from ending.
+    /// Kills the command's group and reaps the shell. After the shell exited this kills what it left running
+    /// in its group (a background process holding stderr open would otherwise keep the shard from ending);
+    /// before, it stops the whole command (cancelled or abandoned).
     fn reap(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
         kill_group(self.pgid);
         self.registry.remove(self.pgid);
         child.wait().ok()
-    }
-
-    fn kill_and_reap(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_group(self.pgid);
-            self.registry.remove(self.pgid);
-            let _ = child.wait();
-        }
     }
 
     /// Waits (bounded) for the stderr reader: a process outside the group may still hold the pipe open.
@@ -194,7 +187,7 @@ impl PipeCommand {
 
 impl Drop for PipeCommand {
     fn drop(&mut self) {
-        self.kill_and_reap();
+        self.reap();
     }
 }
 

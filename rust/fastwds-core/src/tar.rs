@@ -149,33 +149,23 @@ impl<R: Read> TarReader<R> {
             .take(header.size)
             .read_to_end(buf)
             .map_err(|e| TarError::io(self.offset + buf.len() as u64, Some(&header.name), &e))?;
-        self.offset += got as u64;
-        self.pending -= got as u64;
-        if (got as u64) < header.size {
-            return Err(TarError::truncated(
-                self.offset,
-                Some(&header.name),
-                &format!("inside member data ({got} of {} bytes)", header.size),
-            ));
-        }
-        self.skip_pending()
+        self.finish_data(header, got as u64)
     }
 
     /// Reads the current member's data into `buf`, which holds exactly its size, then its padding.
     pub fn read_data_into(&mut self, header: &MemberHeader, buf: &mut [u8]) -> Result<(), TarError> {
         debug_assert_eq!(buf.len() as u64, header.size);
-        let mut got = 0;
-        while got < buf.len() {
-            match self.inner.read(&mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(TarError::io(self.offset + got as u64, Some(&header.name), &e)),
-            }
-        }
-        self.offset += got as u64;
-        self.pending -= got as u64;
-        if got < buf.len() {
+        let got = read_full(&mut self.inner, buf)
+            .map_err(|(got, e)| TarError::io(self.offset + got as u64, Some(&header.name), &e))?;
+        self.finish_data(header, got as u64)
+    }
+
+    /// Accounts for `got` bytes of the member's data just read; short of its size is a truncation, else the
+    /// padding is skipped.
+    fn finish_data(&mut self, header: &MemberHeader, got: u64) -> Result<(), TarError> {
+        self.offset += got;
+        self.pending -= got;
+        if got < header.size {
             return Err(TarError::truncated(
                 self.offset,
                 Some(&header.name),
@@ -207,15 +197,8 @@ impl<R: Read> TarReader<R> {
 
     /// Reads up to one block into `header`, stopping early only at EOF; returns the bytes read.
     fn fill_block(&mut self) -> Result<usize, TarError> {
-        let mut filled = 0;
-        while filled < BLOCK {
-            match self.inner.read(&mut self.header[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(TarError::io(self.offset + filled as u64, None, &e)),
-            }
-        }
+        let filled = read_full(&mut self.inner, &mut self.header)
+            .map_err(|(got, e)| TarError::io(self.offset + got as u64, None, &e))?;
         self.offset += filled as u64;
         Ok(filled)
     }
@@ -272,6 +255,20 @@ impl<R: Read> TarReader<R> {
         self.skip_pending()?;
         Ok(payload)
     }
+}
+
+/// Fills `buf`, stopping early only at EOF; returns the bytes read, or the error with the bytes read before it.
+fn read_full<R: Read>(reader: &mut R, buf: &mut [u8]) -> Result<usize, (usize, io::Error)> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err((filled, e)),
+        }
+    }
+    Ok(filled)
 }
 
 fn padded(size: u64) -> u64 {
