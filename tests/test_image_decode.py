@@ -339,6 +339,35 @@ def test_random_resized_crop_is_crop_then_resize(mode: str) -> None:
             assert max_diff(out, np.asarray(ref)) <= RESIZE_TOL
 
 
+@pytest.mark.parametrize("subsampling", [0, 1, 2], ids=["444", "422", "420"])
+@pytest.mark.parametrize("crop", ["random_resized", "center"])
+def test_cropped_jpeg_equals_full_decode_then_crop(subsampling: int, crop: str) -> None:
+    # A cropped JPEG is decoded only around its crop window. The same transform applied to the fully decoded
+    # pixels (stored losslessly as PPM, same size, so the same crop) must give the same array, byte for byte.
+    # Full DCT scale on both sides: a reduced scale is Pillow's draft(), which a PPM has no equivalent of.
+    h, w = 233, 317
+    data = jpeg(_with_noise(smooth(h, w)), quality=88, subsampling=subsampling)
+    full = decode_image(data)
+    ppm = b"P6\n%d %d\n255\n" % (w, h) + full.tobytes()
+    for seed in range(25):
+        for size in [(64, 64), (224, 224), (40, 90)]:
+            kw = dict(size=size, crop=crop, flip=0.5, seed=seed, reduced_dct=False)
+            np.testing.assert_array_equal(decode_image(data, **kw), decode_image(ppm, **kw))
+
+
+def test_cropped_jpeg_cut_short_is_still_truncated() -> None:
+    # The crop lies far above the cut, but a stream without its end marker is decoded to the end.
+    data = jpeg(noisy(400, 160), quality=90)
+    cut = data[: len(data) - 300]
+    for seed in range(10):
+        with pytest.raises(ValueError, match="truncated"):
+            decode_image(cut, size=(8, 8), crop="random_resized", scale=(0.01, 0.02), seed=seed)
+    # Bytes after the end marker are not a cut: such a file decodes as the clean one does.
+    padded = data + bytes(100)
+    kw = dict(size=(32, 32), crop="random_resized", seed=1)
+    np.testing.assert_array_equal(decode_image(padded, **kw), decode_image(data, **kw))
+
+
 def test_random_resized_crop_reproducible_and_seed_dependent() -> None:
     data = jpeg(noisy(180, 240), quality=90)
     outs = [decode_image(data, size=(56, 72), crop="random_resized", flip=0.5, seed=s) for s in range(6)]

@@ -14,10 +14,19 @@ use turbojpeg::raw;
 use super::convert;
 use super::{ImageError, ImageErrorKind, Mode, Pixels};
 
-/// Finds the frame header (SOFn) by walking the marker segments, and returns its (width, height). libjpeg
-/// accepts a stream that ends before any frame as "tables only" and then leaves the previous image's size in a
-/// reused handle, so the frame must be seen here first.
-fn frame_size(data: &[u8]) -> Result<(u32, u32), ImageError> {
+/// What the frame header (SOFn) says: the size, and the largest horizontal sampling factor of the components.
+#[derive(Debug)]
+struct Frame {
+    width: u32,
+    height: u32,
+    components: u32,
+    max_h_samp: u32,
+}
+
+/// Finds the frame header (SOFn) by walking the marker segments. libjpeg accepts a stream that ends before any
+/// frame as "tables only" and then leaves the previous image's size in a reused handle, so the frame must be
+/// seen here first.
+fn frame(data: &[u8]) -> Result<Frame, ImageError> {
     let mut pos = 2; // after SOI
     loop {
         // Markers may be preceded by any number of 0xFF fill bytes.
@@ -44,10 +53,14 @@ fn frame_size(data: &[u8]) -> Result<(u32, u32), ImageError> {
         };
         // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC).
         if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
-            let sof = data.get(pos + 2..pos + 7).ok_or_else(|| ImageError::truncated("truncated JPEG frame header"))?;
+            let sof = data.get(pos + 2..pos + 8).ok_or_else(|| ImageError::truncated("truncated JPEG frame header"))?;
             let height = u16::from_be_bytes([sof[1], sof[2]]) as u32;
             let width = u16::from_be_bytes([sof[3], sof[4]]) as u32;
-            return Ok((width, height));
+            // Component specs follow: id, sampling factors (h << 4 | v), quantization table.
+            let count = sof[5] as usize;
+            let specs = data.get(pos + 8..pos + 8 + 3 * count).unwrap_or(&[]);
+            let max_h_samp = specs.chunks_exact(3).map(|c| (c[1] >> 4) as u32).max().unwrap_or(1).max(1);
+            return Ok(Frame { width, height, components: count as u32, max_h_samp });
         }
         if len < 2 {
             return Err(ImageError::corrupt("invalid JPEG: bad marker segment length"));
@@ -62,7 +75,63 @@ pub struct JpegHeader {
     pub width: u32,
     pub height: u32,
     colorspace: raw::TJCS,
+    subsamp: raw::TJSAMP,
+    max_h_samp: u32,
+    components: u32,
     lossless: bool,
+}
+
+/// libjpeg-turbo's `tjMCUWidth` (a static in its header, so not linkable): the iMCU width for each TJSAMP.
+const MCU_WIDTH: [u32; 7] = [8, 16, 16, 8, 8, 32, 8];
+
+impl JpegHeader {
+    /// The size at 1/`denom` scale: libjpeg's jdiv_round_up, the same size Pillow's draft() reports.
+    pub fn scaled_size(&self, denom: u32) -> (u32, u32) {
+        (self.width.div_ceil(denom), self.height.div_ceil(denom))
+    }
+
+    /// The libjpeg pixel format decoding into `mode` asks for, and its channel count.
+    fn output_format(&self, mode: Mode) -> (raw::TJPF, usize) {
+        match self.colorspace {
+            raw::TJCS_TJCS_CMYK | raw::TJCS_TJCS_YCCK => (raw::TJPF_TJPF_CMYK, 4),
+            raw::TJCS_TJCS_GRAY if mode == Mode::L => (raw::TJPF_TJPF_GRAY, 1),
+            // Pillow decodes color to RGB and then converts to L with its own luma formula, so must we
+            // (libjpeg's own gray output would be the Y channel, which differs).
+            _ => match mode {
+                Mode::Rgba => (raw::TJPF_TJPF_RGBA, 4),
+                Mode::Rgb | Mode::L => (raw::TJPF_TJPF_RGB, 3),
+            },
+        }
+    }
+
+    /// The alignment of a window's left edge at 1/`denom` scale (the scaled iMCU width), or `None` when libjpeg
+    /// cannot decode part of this image (lossless, unusual sampling factors) or its output still needs a
+    /// conversion into `mode` (CMYK, color to L), which works on whole images.
+    pub fn window_alignment(&self, denom: u32, mode: Mode) -> Option<u32> {
+        let (format, _) = self.output_format(mode);
+        let straight = matches!(
+            (format, mode),
+            (raw::TJPF_TJPF_RGB, Mode::Rgb) | (raw::TJPF_TJPF_RGBA, Mode::Rgba) | (raw::TJPF_TJPF_GRAY, Mode::L)
+        );
+        if !straight || self.lossless {
+            return None;
+        }
+        // TurboJPEG checks the left edge against the iMCU width of the subsampling it names; libjpeg itself
+        // aligns it to 8 x the largest horizontal sampling factor (8 alone for one component). They agree on
+        // usual files; both are powers of two, so the larger satisfies both.
+        let named = *MCU_WIDTH.get(usize::try_from(self.subsamp).ok()?)?;
+        let own = if self.components == 1 { 8 } else { 8 * self.max_h_samp };
+        Some(named.max(own).div_ceil(denom))
+    }
+}
+
+/// A rectangle of the (scaled) image, in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
 }
 
 /// One TurboJPEG decompressor handle, reused across images (its internal state is reset per image).
@@ -128,7 +197,8 @@ impl JpegDecoder {
 
     /// Reads the header only (no pixel buffer is allocated).
     pub fn header(&mut self, data: &[u8]) -> Result<JpegHeader, ImageError> {
-        let (frame_w, frame_h) = frame_size(data)?;
+        let frame = frame(data)?;
+        let (frame_w, frame_h) = (frame.width, frame.height);
         // SAFETY: the pointer and length describe `data`, which outlives the call.
         let rc = unsafe { raw::tj3DecompressHeader(self.handle, data.as_ptr(), data.len() as raw::size_t) };
         self.check(rc)?;
@@ -154,6 +224,9 @@ impl JpegDecoder {
             width: width as u32,
             height: height as u32,
             colorspace: self.get(raw::TJPARAM_TJPARAM_COLORSPACE) as raw::TJCS,
+            subsamp: self.get(raw::TJPARAM_TJPARAM_SUBSAMP) as raw::TJSAMP,
+            max_h_samp: frame.max_h_samp,
+            components: frame.components,
             lossless: self.get(raw::TJPARAM_TJPARAM_LOSSLESS) != 0,
         })
     }
@@ -173,46 +246,89 @@ impl JpegDecoder {
         mode: Mode,
         max_pixels: u64,
     ) -> Result<Pixels, ImageError> {
-        // A second guard inside libjpeg itself, in case the frame header it decodes differs from the first look.
-        self.set(raw::TJPARAM_TJPARAM_MAXPIXELS, max_pixels.min(c_int::MAX as u64) as c_int)?;
-        let factor = raw::tjscalingfactor { num: 1, denom: denom as c_int };
-        // SAFETY: valid handle; 1/1, 1/2, 1/4 and 1/8 are always supported.
-        let rc = unsafe { raw::tj3SetScalingFactor(self.handle, factor) };
-        self.check(rc)?;
-        // libjpeg's jdiv_round_up, the same size Pillow's draft() reports.
-        let width = header.width.div_ceil(denom) as usize;
-        let height = header.height.div_ceil(denom) as usize;
-
-        let (format, channels) = match header.colorspace {
-            raw::TJCS_TJCS_CMYK | raw::TJCS_TJCS_YCCK => (raw::TJPF_TJPF_CMYK, 4),
-            raw::TJCS_TJCS_GRAY if mode == Mode::L => (raw::TJPF_TJPF_GRAY, 1),
-            // Pillow decodes color to RGB and then converts to L with its own luma formula, so must we
-            // (libjpeg's own gray output would be the Y channel, which differs).
-            _ => match mode {
-                Mode::Rgba => (raw::TJPF_TJPF_RGBA, 4),
-                Mode::Rgb | Mode::L => (raw::TJPF_TJPF_RGB, 3),
-            },
-        };
-        let mut pixels = vec![0u8; width * height * channels];
-        let pitch = (width * channels) as c_int;
-        // SAFETY: `pixels` holds exactly height rows of `pitch` bytes, the scaled size libjpeg will write.
-        let rc = unsafe {
-            raw::tj3Decompress8(
-                self.handle,
-                data.as_ptr(),
-                data.len() as raw::size_t,
-                pixels.as_mut_ptr(),
-                pitch,
-                format,
-            )
-        };
-        self.check(rc)?;
+        let (width, height) = header.scaled_size(denom);
+        let (width, height) = (width as usize, height as usize);
+        let (format, channels) = header.output_format(mode);
+        let len = width * height * channels;
+        // Not zeroed first: libjpeg writes every byte of every row (on warnings too; on errors it is dropped).
+        let mut pixels = Vec::with_capacity(len);
+        let pitch = width * channels;
+        self.decompress(data, header, denom, max_pixels, format, None, pixels.as_mut_ptr(), pitch)?;
+        // SAFETY: the decode succeeded, so all `height` rows of `pitch` = width * channels bytes were written.
+        unsafe { pixels.set_len(len) };
         let image = Pixels { width, height, channels, data: pixels };
         Ok(match format {
             raw::TJPF_TJPF_CMYK => convert::cmyk_inverted_to(image, mode),
             raw::TJPF_TJPF_RGB if mode == Mode::L => convert::rgb_to_l(image),
             _ => image,
         })
+    }
+
+    /// Decodes only `window` of the image at 1/`denom` scale into `image`, a buffer laid out as the whole scaled
+    /// image in `mode` (which [`JpegHeader::window_alignment`] accepted, so no conversion follows); the pixels
+    /// outside the window are left as they were. Rows below the window are not even entropy-decoded.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_window(
+        &mut self,
+        data: &[u8],
+        header: &JpegHeader,
+        denom: u32,
+        mode: Mode,
+        max_pixels: u64,
+        window: Window,
+        image: &mut [u8],
+    ) -> Result<(), ImageError> {
+        let (width, height) = header.scaled_size(denom);
+        let (format, channels) = header.output_format(mode);
+        let pitch = width as usize * channels;
+        let inside = window.width > 0
+            && window.height > 0
+            && window.x.checked_add(window.width).is_some_and(|r| r <= width)
+            && window.y.checked_add(window.height).is_some_and(|b| b <= height);
+        if !inside || image.len() < pitch * height as usize || channels != mode.channels() {
+            return Err(ImageError::invalid_spec(format!("window {window:?} does not fit a {width}x{height} image")));
+        }
+        let offset = window.y as usize * pitch + window.x as usize * channels;
+        // SAFETY: the window lies inside the image, so every row libjpeg writes (window.height rows of
+        // window.width pixels, `pitch` apart, starting at `offset`) lies inside `image`.
+        let start = unsafe { image.as_mut_ptr().add(offset) };
+        self.decompress(data, header, denom, max_pixels, format, Some(window), start, pitch)
+    }
+
+    /// One tj3Decompress8 call writing rows `pitch` bytes apart from `dst`, of the whole image or of `window`.
+    #[allow(clippy::too_many_arguments)]
+    fn decompress(
+        &mut self,
+        data: &[u8],
+        header: &JpegHeader,
+        denom: u32,
+        max_pixels: u64,
+        format: raw::TJPF,
+        window: Option<Window>,
+        dst: *mut u8,
+        pitch: usize,
+    ) -> Result<(), ImageError> {
+        // A second guard inside libjpeg itself, in case the frame header it decodes differs from the first look.
+        self.set(raw::TJPARAM_TJPARAM_MAXPIXELS, max_pixels.min(c_int::MAX as u64) as c_int)?;
+        let factor = raw::tjscalingfactor { num: 1, denom: denom as c_int };
+        // SAFETY: valid handle; 1/1, 1/2, 1/4 and 1/8 are always supported.
+        let rc = unsafe { raw::tj3SetScalingFactor(self.handle, factor) };
+        self.check(rc)?;
+        let (width, height) = header.scaled_size(denom);
+        let region = match window {
+            Some(w) if (w.x, w.y, w.width, w.height) != (0, 0, width, height) => {
+                raw::tjregion { x: w.x as c_int, y: w.y as c_int, w: w.width as c_int, h: w.height as c_int }
+            }
+            _ => raw::tjregion { x: 0, y: 0, w: 0, h: 0 },
+        };
+        // SAFETY: valid handle; the region was checked against the scaled size (libjpeg checks it again).
+        let rc = unsafe { raw::tj3SetCroppingRegion(self.handle, region) };
+        self.check(rc)?;
+        // SAFETY: the callers guarantee `dst` has room for the rows described above.
+        let rc = unsafe {
+            raw::tj3Decompress8(self.handle, data.as_ptr(), data.len() as raw::size_t, dst, pitch as c_int, format)
+        };
+        self.check(rc)
     }
 }
 
@@ -221,12 +337,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frame_size_walks_segments() {
+    fn frame_walks_segments() {
         // SOI, APP0 (len 4), fill byte, SOF0 with 3x2.
         let data = [0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 1, 2, 0xFF, 0xFF, 0xC0, 0, 11, 8, 0, 2, 0, 3, 1, 1, 0x11, 0];
-        assert_eq!(frame_size(&data).unwrap(), (3, 2));
-        assert_eq!(frame_size(&data[..7]).unwrap_err().kind, ImageErrorKind::Truncated);
+        let f = frame(&data).unwrap();
+        assert_eq!((f.width, f.height, f.components, f.max_h_samp), (3, 2, 1, 1));
+        assert_eq!(frame(&data[..7]).unwrap_err().kind, ImageErrorKind::Truncated);
         let no_frame = [0xFF, 0xD8, 0xFF, 0xD9];
-        assert_eq!(frame_size(&no_frame).unwrap_err().kind, ImageErrorKind::Corrupt);
+        assert_eq!(frame(&no_frame).unwrap_err().kind, ImageErrorKind::Corrupt);
     }
 }

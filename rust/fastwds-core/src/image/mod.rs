@@ -2,10 +2,13 @@
 //! arrays equal to what Pillow gives, with an optional fused crop + resize + flip (torchvision's center crop or
 //! RandomResizedCrop, reproducible from a seed).
 //!
-//! Pure functions of (bytes, spec): no global state, nothing Python. A [`Decoder`] only keeps reusable resize
-//! scratch buffers, one per thread. When a JPEG's crop is at least twice the target size, it is decoded at
-//! a reduced DCT scale (1/2, 1/4 or 1/8, the smallest that still covers the target), exactly as Pillow's
-//! `draft()` would, which skips most of the IDCT and color conversion work.
+//! Pure functions of (bytes, spec): no global state, nothing Python. A [`Decoder`] only keeps reusable scratch
+//! buffers, one per thread. When a JPEG's crop is at least twice the target size, it is decoded at a reduced
+//! DCT scale (1/2, 1/4 or 1/8, the smallest that still covers the target), exactly as Pillow's `draft()`
+//! would, which skips most of the IDCT and color conversion work. A JPEG that is cropped is decoded only in
+//! the window the resize reads (libjpeg-turbo's partial decoding): rows below it are not decoded at all, and
+//! rows above it and columns beside it are entropy-decoded only. The pixels the resize sees are the same as
+//! after a full decode, so the result is too.
 
 mod convert;
 mod error;
@@ -107,6 +110,21 @@ pub struct Pixels {
     pub data: Vec<u8>,
 }
 
+impl Pixels {
+    pub fn view(&self) -> View<'_> {
+        View { height: self.height, width: self.width, channels: self.channels, data: &self.data }
+    }
+}
+
+/// Borrowed pixels, laid out as [`Pixels`].
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    pub data: &'a [u8],
+}
+
 /// The container formats recognized from the first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormat {
@@ -174,10 +192,50 @@ pub fn dct_denominator(crop: &CropBox, size: (u32, u32)) -> u32 {
     [8u32, 4, 2].into_iter().find(|&d| crop.width / d as f64 >= tw && crop.height / d as f64 >= th).unwrap_or(1)
 }
 
-/// Decodes images one after another, keeping the resize scratch between calls. One per thread (it is `Send`,
-/// not `Sync`).
+/// Pixels a JPEG window adds on each side beyond what the resize reads. libjpeg's fancy chroma upsampling treats
+/// a window's edges as image edges, which changes its outermost pixel or two (up to 4 with 4:1:1 sampling).
+const WINDOW_MARGIN: f64 = 8.0;
+
+/// A scratch image larger than this is freed after use rather than kept for the next image.
+const SCRATCH_KEEP_BYTES: usize = 16 << 20;
+
+/// The window of a `image.0` x `image.1` image that must be decoded so that resizing `crop` to `target` =
+/// (height, width) reads only decoded pixels: the crop, plus the resize filter's reach when it may read around
+/// the crop (its radius, the reduction factor for bilinear, plus one for the rounding of its bounds), plus
+/// [`WINDOW_MARGIN`]; the left edge aligned down to `align` (libjpeg starts a window at an iMCU column). With
+/// `to_bottom` the window runs to the last row, so a stream cut short is still decoded to its end and reported.
+fn read_window(
+    crop: &CropBox,
+    clip_to_crop: bool,
+    target: (u32, u32),
+    image: (u32, u32),
+    align: u32,
+    to_bottom: bool,
+) -> jpeg::Window {
+    let reach = |len: f64, out: u32| {
+        let filter = if clip_to_crop { 0.0 } else { (len / out as f64).max(1.0) + 1.0 };
+        filter + WINDOW_MARGIN
+    };
+    // Float-to-int `as` saturates, so out-of-range edges clamp to the image.
+    let span = |start: f64, len: f64, reach: f64, size: u32| {
+        let first = ((start - reach).floor().max(0.0) as u32).min(size - 1);
+        let end = ((start + len + reach).ceil() as u32).clamp(first + 1, size);
+        (first, end)
+    };
+    let (x0, x1) = span(crop.left, crop.width, reach(crop.width, target.1), image.0);
+    let (y0, y1) = span(crop.top, crop.height, reach(crop.height, target.0), image.1);
+    let x0 = x0 / align.max(1) * align.max(1);
+    let y1 = if to_bottom { image.1 } else { y1 };
+    jpeg::Window { x: x0, y: y0, width: x1 - x0, height: y1 - y0 }
+}
+
+/// Decodes images one after another, keeping scratch buffers between calls. One per thread (it is `Send`, not
+/// `Sync`).
 pub struct Decoder {
     resampler: resize::Resampler,
+    /// The decoded full-size image a JPEG crop is resized from, kept so it is neither allocated nor zeroed per
+    /// image; only the window the resize reads is written.
+    scratch: Vec<u8>,
 }
 
 impl Default for Decoder {
@@ -188,7 +246,7 @@ impl Default for Decoder {
 
 impl Decoder {
     pub fn new() -> Self {
-        Decoder { resampler: resize::Resampler::new() }
+        Decoder { resampler: resize::Resampler::new(), scratch: Vec::new() }
     }
 
     /// Decodes `data` as `spec` says. Never panics on bad data: every failure is an [`ImageError`].
@@ -213,8 +271,23 @@ impl Decoder {
                     }
                     _ => 1,
                 };
-                let image = jpeg.decode(data, &header, denom, spec.mode, spec.max_pixels)?;
-                (image, scale_plan(plan, denom))
+                let plan = scale_plan(plan, denom);
+                if let (Some(crop), Some(r)) = (plan.crop, &spec.resize) {
+                    if let Some(align) = header.window_alignment(denom, spec.mode) {
+                        let window = (denom, align);
+                        match self.decode_jpeg_crop(&mut jpeg, data, &header, window, spec, crop, plan, r.size) {
+                            Ok(image) => return Ok(image),
+                            // libjpeg may refuse a window of an unusual but valid file, and a damaged file must
+                            // fail exactly as a full decode does: the full decode below has the last word, with
+                            // a fresh handle (a failed one is not reusable).
+                            Err(_) => {
+                                jpeg = jpeg::JpegDecoder::new()?;
+                                jpeg.header(data)?;
+                            }
+                        }
+                    }
+                }
+                (jpeg.decode(data, &header, denom, spec.mode, spec.max_pixels)?, plan)
             }
             Some(ImageFormat::Png) => {
                 let image = png::decode(data, spec.mode, spec.max_pixels)?;
@@ -230,15 +303,54 @@ impl Decoder {
             }
             None => return Err(unknown_format(data)),
         };
-        let mut out = match (plan.crop, &spec.resize) {
-            (Some(crop), Some(r)) => self.resampler.resize(&image, crop, plan.clip_to_crop, r.size)?,
+        let out = match (plan.crop, &spec.resize) {
+            (Some(crop), Some(r)) => self.resampler.resize(image.view(), crop, plan.clip_to_crop, r.size)?,
             _ => image,
         };
-        if plan.flip {
-            resize::flip_horizontal(&mut out);
-        }
-        Ok(out)
+        Ok(finish(out, plan.flip))
     }
+
+    /// A cropped JPEG: decodes the window the resize reads into the scratch image, then resizes from there.
+    /// `denom` is the DCT scale, `align` the window alignment [`jpeg::JpegHeader::window_alignment`] gave.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_jpeg_crop(
+        &mut self,
+        jpeg: &mut jpeg::JpegDecoder,
+        data: &[u8],
+        header: &jpeg::JpegHeader,
+        (denom, align): (u32, u32),
+        spec: &DecodeSpec,
+        crop: CropBox,
+        plan: Plan,
+        size: (u32, u32),
+    ) -> Result<Pixels, ImageError> {
+        let (width, height) = header.scaled_size(denom);
+        // A stream that does not end with its EOI marker may be cut short: decode to the last row so the
+        // truncation is found, as a full decode (and Pillow) would.
+        let ends_whole = data.ends_with(&[0xFF, 0xD9]);
+        let window = read_window(&crop, plan.clip_to_crop, size, (width, height), align, !ends_whole);
+        let channels = spec.mode.channels();
+        let len = width as usize * height as usize * channels;
+        if self.scratch.len() < len {
+            self.scratch.resize(len, 0);
+        }
+        let scratch = &mut self.scratch[..len];
+        jpeg.decode_window(data, header, denom, spec.mode, spec.max_pixels, window, scratch)?;
+        let view = View { height: height as usize, width: width as usize, channels, data: scratch };
+        let out = self.resampler.resize(view, crop, plan.clip_to_crop, size);
+        if self.scratch.len() > SCRATCH_KEEP_BYTES {
+            self.scratch = Vec::new();
+        }
+        Ok(finish(out?, plan.flip))
+    }
+}
+
+/// The last step of every decode: the horizontal flip, when drawn.
+fn finish(mut image: Pixels, flip: bool) -> Pixels {
+    if flip {
+        resize::flip_horizontal(&mut image);
+    }
+    image
 }
 
 /// Maps a plan made on the full-size image onto the image decoded at 1/`denom` scale, in Pillow's draft()
@@ -336,5 +448,165 @@ mod jpeg_tests {
         spec.flip = 0.5;
         let p = decode(&good, &spec).unwrap();
         assert_eq!((p.height, p.width, p.channels, p.data.len()), (10, 12, 1, 120));
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    //! A cropped JPEG is decoded only in the window the resize reads; these check that the result is the one
+    //! a full decode gives, over sampling modes, progressive and restart-marker files, sizes that are not
+    //! multiples of the iMCU, reduced DCT scales, both crop kinds and many random crops.
+
+    use super::*;
+    use turbojpeg::libc::c_int;
+    use turbojpeg::raw;
+
+    /// A JPEG of smooth gradients plus noise (so every pixel depends on its neighbours' chroma), compressed
+    /// with TurboJPEG's raw API to reach the progressive and restart-interval options.
+    fn jpeg(width: usize, height: usize, subsamp: raw::TJSAMP, progressive: bool, restart_blocks: c_int) -> Vec<u8> {
+        let gray = subsamp == raw::TJSAMP_TJSAMP_GRAY;
+        let channels = if gray { 1 } else { 3 };
+        let mut state = 0x9E37_79B9_u32;
+        let pixels: Vec<u8> = (0..width * height * channels)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                let (x, y, c) = ((i / channels) % width, (i / channels) / width, i % channels);
+                ((x * 255 / width + y * 3 * (c + 1) + (state % 48) as usize) % 256) as u8
+            })
+            .collect();
+        let format = if gray { raw::TJPF_TJPF_GRAY } else { raw::TJPF_TJPF_RGB };
+        // SAFETY: a compressor handle used and destroyed here; TurboJPEG allocates the output, freed below.
+        unsafe {
+            let handle = raw::tj3Init(raw::TJINIT_TJINIT_COMPRESS as c_int);
+            assert!(!handle.is_null());
+            for (param, value) in [
+                (raw::TJPARAM_TJPARAM_QUALITY, 90),
+                (raw::TJPARAM_TJPARAM_SUBSAMP, subsamp as c_int),
+                (raw::TJPARAM_TJPARAM_PROGRESSIVE, progressive as c_int),
+                (raw::TJPARAM_TJPARAM_RESTARTBLOCKS, restart_blocks),
+            ] {
+                assert_eq!(raw::tj3Set(handle, param as c_int, value), 0);
+            }
+            let mut buf: *mut u8 = std::ptr::null_mut();
+            let mut size: raw::size_t = 0;
+            let rc = raw::tj3Compress8(
+                handle,
+                pixels.as_ptr(),
+                width as c_int,
+                (width * channels) as c_int,
+                height as c_int,
+                format as c_int,
+                &mut buf,
+                &mut size,
+            );
+            assert_eq!(rc, 0);
+            let out = std::slice::from_raw_parts(buf, size as usize).to_vec();
+            raw::tj3Free(buf.cast());
+            raw::tj3Destroy(handle);
+            out
+        }
+    }
+
+    /// The same transform with the whole image decoded first (the path without windows).
+    fn full_decode_then_resize(data: &[u8], spec: &DecodeSpec) -> Pixels {
+        let mut jpeg = jpeg::JpegDecoder::new().unwrap();
+        let header = jpeg.header(data).unwrap();
+        let r = spec.resize.unwrap();
+        let plan = geometry::plan(header.width, header.height, Some(&r), spec.flip, spec.seed);
+        let denom = if spec.reduced_dct { dct_denominator(plan.crop.as_ref().unwrap(), r.size) } else { 1 };
+        let plan = scale_plan(plan, denom);
+        let image = jpeg.decode(data, &header, denom, spec.mode, spec.max_pixels).unwrap();
+        let out = resize::Resampler::new().resize(image.view(), plan.crop.unwrap(), plan.clip_to_crop, r.size).unwrap();
+        finish(out, plan.flip)
+    }
+
+    /// Decodes through the window path itself (not `Decoder::decode`, which would fall back to a full decode if
+    /// the window failed) and compares with a full decode.
+    fn check(data: &[u8], mode: Mode, size: (u32, u32), seeds: std::ops::Range<u64>, what: &str) {
+        let mut decoder = Decoder::new();
+        let crops = [Crop::Center, Crop::RandomResized { scale: (0.02, 1.0), ratio: (0.5, 2.0) }];
+        for crop in crops {
+            for seed in seeds.clone() {
+                let mut spec = DecodeSpec::new(mode);
+                let r = Resize { size, crop };
+                spec.resize = Some(r);
+                spec.flip = 0.5;
+                spec.seed = seed;
+                let mut jpeg = jpeg::JpegDecoder::new().unwrap();
+                let header = jpeg.header(data).unwrap();
+                let plan = geometry::plan(header.width, header.height, Some(&r), spec.flip, spec.seed);
+                let denom = dct_denominator(plan.crop.as_ref().unwrap(), size);
+                let plan = scale_plan(plan, denom);
+                let align = header.window_alignment(denom, mode).unwrap();
+                let got = decoder
+                    .decode_jpeg_crop(&mut jpeg, data, &header, (denom, align), &spec, plan.crop.unwrap(), plan, size)
+                    .unwrap();
+                assert_eq!(got, full_decode_then_resize(data, &spec), "{what}, {crop:?}, seed {seed}");
+                assert_eq!(got, decoder.decode(data, &spec).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn window_decode_equals_full_decode() {
+        let sampling = [
+            raw::TJSAMP_TJSAMP_444,
+            raw::TJSAMP_TJSAMP_422,
+            raw::TJSAMP_TJSAMP_420,
+            raw::TJSAMP_TJSAMP_440,
+            raw::TJSAMP_TJSAMP_411,
+            raw::TJSAMP_TJSAMP_441,
+        ];
+        for (i, subsamp) in sampling.into_iter().enumerate() {
+            for (progressive, restart) in [(false, 0), (true, 0), (false, 3)] {
+                let (w, h) = (97 + 40 * i, 61 + 23 * i);
+                let data = jpeg(w, h, subsamp, progressive, restart);
+                let what = format!("{w}x{h} TJSAMP {subsamp}, progressive {progressive}, restart {restart}");
+                check(&data, Mode::Rgb, (24, 32), 0..40, &what);
+                check(&data, Mode::Rgba, (31, 17), 0..10, &what);
+            }
+        }
+        let gray = jpeg(203, 150, raw::TJSAMP_TJSAMP_GRAY, false, 0);
+        check(&gray, Mode::L, (40, 40), 0..40, "gray");
+    }
+
+    #[test]
+    fn window_decode_equals_full_decode_at_reduced_scale() {
+        // Targets far below the crop pick 1/2, 1/4 and 1/8 DCT scales; windows are then aligned to the scaled
+        // iMCU.
+        let data = jpeg(900, 700, raw::TJSAMP_TJSAMP_420, false, 0);
+        for size in [(300, 300), (120, 100), (40, 60), (8, 8)] {
+            check(&data, Mode::Rgb, size, 0..12, &format!("900x700 to {size:?}"));
+        }
+    }
+
+    #[test]
+    fn window_keeps_truncation_an_error() {
+        // Cut inside the last rows: the crop may lie well above the cut, but the stream no longer ends with EOI
+        // so the window runs to the bottom and the truncation is reported, as by a full decode.
+        let data = jpeg(160, 400, raw::TJSAMP_TJSAMP_420, false, 0);
+        let cut = &data[..data.len() - 200];
+        let mut spec = DecodeSpec::new(Mode::Rgb);
+        spec.resize =
+            Some(Resize { size: (10, 10), crop: Crop::RandomResized { scale: (0.02, 0.05), ratio: (1.0, 1.0) } });
+        for seed in 0..20 {
+            spec.seed = seed;
+            assert_eq!(decode(cut, &spec).unwrap_err().kind, ImageErrorKind::Truncated, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn read_window_covers_the_crop_and_the_filter() {
+        let crop = CropBox { left: 50.5, top: 20.0, width: 100.0, height: 30.0 };
+        // Resizing 100 columns to 25 reaches 4 + 1 pixels past the crop, 30 rows to 30 reaches 1 + 1; plus the
+        // margin of 8 each; the left edge is aligned down to 16.
+        let w = read_window(&crop, false, (30, 25), (400, 300), 16, false);
+        assert_eq!((w.x, w.y), (32, 10));
+        assert_eq!((w.x + w.width, w.y + w.height), (164, 60));
+        // A crop the resize sees alone needs only the margin; a window never leaves the image.
+        let w = read_window(&crop, true, (30, 25), (155, 300), 16, true);
+        assert_eq!((w.x, w.y, w.x + w.width, w.y + w.height), (32, 12, 155, 300));
     }
 }

@@ -6,7 +6,7 @@ use fast_image_resize::images::{CroppedImage, Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 use super::geometry::CropBox;
-use super::{ImageError, Pixels};
+use super::{ImageError, Pixels, View};
 
 fn pixel_type(channels: usize) -> Result<PixelType, ImageError> {
     match channels {
@@ -38,7 +38,7 @@ impl Resampler {
     /// the (fractional) crop, as resizing a whole PIL image and then cropping does.
     pub fn resize(
         &mut self,
-        src: &Pixels,
+        src: View<'_>,
         crop: CropBox,
         clip_to_crop: bool,
         size: (u32, u32),
@@ -50,9 +50,9 @@ impl Resampler {
             && crop.width.fract() == 0.0
             && crop.height.fract() == 0.0;
         if is_integer && crop.width as u32 == tw && crop.height as u32 == th {
-            return copy_window(src, crop.left as usize, crop.top as usize, tw as usize, th as usize);
+            return copy_window(&src, crop.left as usize, crop.top as usize, tw as usize, th as usize);
         }
-        let src_ref = ImageRef::new(src.width as u32, src.height as u32, &src.data, pt).map_err(resize_error)?;
+        let src_ref = ImageRef::new(src.width as u32, src.height as u32, src.data, pt).map_err(resize_error)?;
         let mut dst = Image::new(tw, th, pt);
         // Pillow premultiplies alpha for RGBA/LA resizes too, so mul_div_alpha stays on (the default).
         let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
@@ -76,7 +76,7 @@ impl Resampler {
 }
 
 /// Copies a window of exactly the target size (no resampling needed).
-fn copy_window(src: &Pixels, left: usize, top: usize, width: usize, height: usize) -> Result<Pixels, ImageError> {
+fn copy_window(src: &View<'_>, left: usize, top: usize, width: usize, height: usize) -> Result<Pixels, ImageError> {
     let c = src.channels;
     let row = src.width * c;
     if left + width > src.width || top + height > src.height {
@@ -92,18 +92,24 @@ fn copy_window(src: &Pixels, left: usize, top: usize, width: usize, height: usiz
 
 /// Mirrors the image left to right in place.
 pub fn flip_horizontal(image: &mut Pixels) {
-    let c = image.channels;
-    let w = image.width;
-    if w < 2 || c == 0 {
+    let width = image.width;
+    match image.channels {
+        1 => flip_rows::<1>(&mut image.data, width),
+        2 => flip_rows::<2>(&mut image.data, width),
+        3 => flip_rows::<3>(&mut image.data, width),
+        4 => flip_rows::<4>(&mut image.data, width),
+        _ => {}
+    }
+}
+
+/// Reverses the order of the `C`-byte pixels of every row (whole pixels, so the compiler moves them as units
+/// instead of byte by byte).
+fn flip_rows<const C: usize>(data: &mut [u8], width: usize) {
+    if width < 2 {
         return;
     }
-    for row in image.data.chunks_exact_mut(w * c) {
-        for x in 0..w / 2 {
-            let (a, b) = (x * c, (w - 1 - x) * c);
-            for k in 0..c {
-                row.swap(a + k, b + k);
-            }
-        }
+    for row in data.chunks_exact_mut(width * C) {
+        row.as_chunks_mut::<C>().0.reverse();
     }
 }
 
@@ -116,13 +122,19 @@ mod tests {
         let mut p = Pixels { height: 1, width: 3, channels: 2, data: vec![1, 2, 3, 4, 5, 6] };
         flip_horizontal(&mut p);
         assert_eq!(p.data, vec![5, 6, 3, 4, 1, 2]);
+        let mut p = Pixels { height: 2, width: 2, channels: 3, data: (0..12).collect() };
+        flip_horizontal(&mut p);
+        assert_eq!(p.data, vec![3, 4, 5, 0, 1, 2, 9, 10, 11, 6, 7, 8]);
+        let mut p = Pixels { height: 1, width: 5, channels: 1, data: vec![1, 2, 3, 4, 5] };
+        flip_horizontal(&mut p);
+        assert_eq!(p.data, vec![5, 4, 3, 2, 1]);
     }
 
     #[test]
     fn exact_window_is_copied() {
         let p = Pixels { height: 2, width: 3, channels: 1, data: vec![1, 2, 3, 4, 5, 6] };
         let box_ = CropBox { left: 1.0, top: 1.0, width: 2.0, height: 1.0 };
-        let out = Resampler::new().resize(&p, box_, true, (1, 2)).unwrap();
+        let out = Resampler::new().resize(p.view(), box_, true, (1, 2)).unwrap();
         assert_eq!(out.data, vec![5, 6]);
     }
 }
