@@ -517,6 +517,65 @@ def test_max_pixels_is_configurable() -> None:
         decode_image(jpeg(noisy(31, 17)), max_pixels=526)
 
 
+def _damaged(data: bytes, rng: np.random.Generator) -> bytes:
+    """`data` with one to four bytes flipped, set to 0xFF or inserted, or cut short, anywhere."""
+    d = bytearray(data)
+    for _ in range(1 + int(rng.integers(4))):
+        at, kind = int(rng.integers(len(d))), int(rng.integers(4))
+        if kind == 0:
+            d[at] ^= 1 << int(rng.integers(8))
+        elif kind == 1:
+            d[at] = 0xFF
+        elif kind == 2:
+            del d[max(at, 4) :]
+        else:
+            d.insert(at, int(rng.integers(256)))
+    return bytes(d)
+
+
+@pytest.mark.parametrize("crop", [None, "random_resized"])
+def test_damaged_jpegs_fail_or_decode_as_pillow(crop: str | None) -> None:
+    # Whatever Pillow refuses, we refuse; whatever both decode is identical (a crop: identical to the crop of
+    # Pillow's full decode, since a cropped JPEG is decoded only around the crop). The one difference allowed,
+    # and listed in the README: data that never reaches its end marker after damage is refused as truncated
+    # even where Pillow, having output its last row, keeps it.
+    rng = np.random.default_rng(3)
+    base = _with_noise(smooth(90, 120))
+    originals = [
+        jpeg(base, quality=90),
+        jpeg(base, quality=85, progressive=True),
+        jpeg(base, quality=90, subsampling=0),
+        jpeg(base, quality=80, restart_marker_blocks=2),
+    ]
+    outcomes: dict[str, int] = {}
+    for i in range(800):
+        data = _damaged(originals[i % len(originals)], rng)
+        kw: dict = (
+            {}
+            if crop is None
+            else dict(size=(24, 32), crop=crop, scale=(0.05, 0.6), seed=i, reduced_dct=False)
+        )
+        try:
+            ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        except OSError:
+            ref = None
+        try:
+            ours = decode_image(data, **kw)
+        except ValueError as exn:
+            assert ref is None or "truncated" in str(exn), (i, exn)
+            outcome = "both refuse" if ref is None else "only we refuse"
+        else:
+            assert ref is not None, f"mutation {i}: Pillow refuses, we decode"
+            if crop is not None:
+                h, w = ref.shape[:2]
+                ref = decode_image(b"P6\n%d %d\n255\n" % (w, h) + ref.tobytes(), **kw)
+            np.testing.assert_array_equal(ours, ref, err_msg=f"mutation {i}")
+            outcome = "both decode"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert outcomes["both refuse"] > 200 and outcomes["both decode"] > 100, outcomes
+    assert outcomes.get("only we refuse", 0) < 100, outcomes
+
+
 def test_a_failed_jpeg_does_not_affect_the_next() -> None:
     good = jpeg(noisy(40, 50), quality=90)
     bad = bytearray(good)

@@ -29,13 +29,12 @@ struct Frame {
 fn frame(data: &[u8]) -> Result<Frame, ImageError> {
     let mut pos = 2; // after SOI
     loop {
-        // Markers may be preceded by any number of 0xFF fill bytes.
-        if data.get(pos) != Some(&0xFF) {
-            return Err(match data.get(pos) {
-                None => ImageError::truncated("truncated JPEG: the data ends before the frame header"),
-                Some(_) => ImageError::corrupt("invalid JPEG: expected a marker before the frame header"),
-            });
-        }
+        // Bytes other than 0xFF between segments are skipped, as libjpeg (with a warning) and Pillow do; markers
+        // may be preceded by any number of 0xFF fill bytes.
+        let Some(skip) = memchr::memchr(0xFF, data.get(pos..).unwrap_or(&[])) else {
+            return Err(ImageError::truncated("truncated JPEG: the data ends before the frame header"));
+        };
+        pos += skip;
         while data.get(pos) == Some(&0xFF) {
             pos += 1;
         }
@@ -64,6 +63,106 @@ fn frame(data: &[u8]) -> Result<Frame, ImageError> {
         }
         if len < 2 {
             return Err(ImageError::corrupt("invalid JPEG: bad marker segment length"));
+        }
+        pos += len;
+    }
+}
+
+/// The beginnings of libjpeg's warning messages (jerror.h, JWRN_*).
+const LIBJPEG_WARNINGS: [&str; 6] = [
+    "Corrupt JPEG data:",
+    "Unknown Adobe color transform code",
+    "Inconsistent progression sequence for component",
+    "Warning: unknown JFIF revision number",
+    "Invalid SOS parameters for sequential JPEG",
+    "Application transferred too many scanlines",
+];
+
+/// What a walk over a stream's markers tells about decoding only part of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamEnd {
+    /// The walk reaches the end-of-image marker: a decode that reads to the end finds no truncation.
+    pub reaches_eoi: bool,
+    /// A decode of a window (libjpeg skipping the rows above it and stopping after its last row) fails, warns and
+    /// yields exactly what a full decode does inside the window. It does when the stream reaches EOI and either
+    /// is one scan of entropy-coded data and restart markers, where nothing after the window can be fatal, or
+    /// comes in several scans, which libjpeg reads whole before the first row, with every coefficient that
+    /// progressive block smoothing looks at complete (libjpeg smooths a partial decode differently).
+    pub window_is_exact: bool,
+}
+
+/// libjpeg's block smoothing looks at the DC and the first 9 AC coefficients, in zigzag order.
+const SMOOTHED_COEFS: usize = 10;
+/// libjpeg's MAX_COMPONENTS.
+const MAX_COMPONENTS: usize = 10;
+
+/// Walks a stream's markers to its end the way libjpeg reads them: segments skipped by their lengths, other
+/// bytes (entropy-coded data, garbage) searched for the next marker. A guide to the decode strategy and the
+/// error kind only; libjpeg itself decides whether the data decodes.
+pub fn stream_end(data: &[u8]) -> StreamEnd {
+    let unended = StreamEnd { reaches_eoi: false, window_is_exact: false };
+    let mut pos = 2; // after SOI
+    let mut ids: &[u8] = &[]; // the frame's component specs (id, sampling, table), 3 bytes each
+    let mut progressive = false;
+    let (mut scans, mut multi_scan, mut other_after_scan) = (0u32, false, false);
+    // The successive-approximation bit (Al) each component's coefficient was last sent at; -1: never sent.
+    let mut coef_bits = [[-1i8; SMOOTHED_COEFS]; MAX_COMPONENTS];
+    loop {
+        let Some(skip) = memchr::memchr(0xFF, data.get(pos..).unwrap_or(&[])) else { return unended };
+        pos += skip;
+        while data.get(pos) == Some(&0xFF) {
+            pos += 1;
+        }
+        let Some(&marker) = data.get(pos) else { return unended };
+        pos += 1;
+        match marker {
+            0xD9 => {
+                let complete = (0..ids.len() / 3)
+                    .all(|c| coef_bits.get(c).is_some_and(|bits| bits[1..].iter().all(|&al| al == 0)));
+                let one_clean_scan = scans == 1 && !other_after_scan;
+                let window_is_exact = one_clean_scan || (multi_scan && (!progressive || complete));
+                return StreamEnd { reaches_eoi: true, window_is_exact };
+            }
+            // A stuffed 0xFF inside entropy-coded data, TEM, and restart markers: no length follows.
+            0x00 | 0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(segment) = data.get(pos..).filter(|rest| rest.len() >= 2) else { return unended };
+        let len = u16::from_be_bytes([segment[0], segment[1]]) as usize;
+        if len < 2 {
+            return unended;
+        }
+        let body = segment.get(2..len).unwrap_or(&[]);
+        if scans > 0 {
+            other_after_scan = true;
+        }
+        match marker {
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                let count = body.get(5).copied().unwrap_or(0) as usize;
+                ids = body.get(6..6 + 3 * count).unwrap_or(&[]);
+                progressive = matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE);
+            }
+            0xDA => {
+                // Ns, then Ns (component id, tables) pairs, then Ss, Se, Ah << 4 | Al.
+                let count = body.first().copied().unwrap_or(0) as usize;
+                let in_scan = body.get(1..1 + 2 * count).unwrap_or(&[]);
+                if scans == 0 {
+                    // libjpeg reads the whole stream before the first row when the image comes in several scans.
+                    multi_scan = progressive || count < ids.len() / 3;
+                }
+                if let Some(&[ss, se, ahal]) = body.get(1 + 2 * count..4 + 2 * count) {
+                    for id in in_scan.chunks_exact(2).map(|pair| pair[0]) {
+                        let Some(c) = ids.chunks_exact(3).position(|spec| spec[0] == id) else { continue };
+                        let Some(bits) = coef_bits.get_mut(c) else { continue };
+                        let band = ss as usize..=(se as usize).min(SMOOTHED_COEFS - 1);
+                        if let Some(sent) = bits.get_mut(band) {
+                            sent.fill((ahal & 0x0F) as i8);
+                        }
+                    }
+                }
+                scans += 1;
+            }
+            _ => {}
         }
         pos += len;
     }
@@ -178,7 +277,9 @@ impl JpegDecoder {
         if message.contains("Premature end") {
             return Err(ImageError::truncated(format!("truncated JPEG: {message}")));
         }
-        if code as raw::TJERR == raw::TJERR_TJERR_WARNING {
+        // TurboJPEG reports a fatal error that follows a warning with the warning's code; the message tells them
+        // apart, as it holds the first warning's text until a fatal error overwrites it.
+        if code as raw::TJERR == raw::TJERR_TJERR_WARNING && LIBJPEG_WARNINGS.iter().any(|w| message.starts_with(w)) {
             return Ok(());
         }
         Err(ImageError::corrupt(format!("invalid JPEG: {message}")))
@@ -328,7 +429,16 @@ impl JpegDecoder {
         let rc = unsafe {
             raw::tj3Decompress8(self.handle, data.as_ptr(), data.len() as raw::size_t, dst, pitch as c_int, format)
         };
-        self.check(rc)
+        self.check(rc)?;
+        // libjpeg keeps the message of the first warning only, so a stream cut short after some earlier damage
+        // reads as that damage alone; Pillow refuses it as truncated, and so must we.
+        if rc != 0 && !stream_end(data).reaches_eoi {
+            let first = self.error_message();
+            return Err(ImageError::truncated(format!(
+                "truncated JPEG: the data ends before the end marker ({first})"
+            )));
+        }
+        Ok(())
     }
 }
 

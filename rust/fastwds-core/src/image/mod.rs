@@ -202,16 +202,8 @@ const SCRATCH_KEEP_BYTES: usize = 16 << 20;
 /// The window of a `image.0` x `image.1` image that must be decoded so that resizing `crop` to `target` =
 /// (height, width) reads only decoded pixels: the crop, plus the resize filter's reach when it may read around
 /// the crop (its radius, the reduction factor for bilinear, plus one for the rounding of its bounds), plus
-/// [`WINDOW_MARGIN`]; the left edge aligned down to `align` (libjpeg starts a window at an iMCU column). With
-/// `to_bottom` the window runs to the last row, so a stream cut short is still decoded to its end and reported.
-fn read_window(
-    crop: &CropBox,
-    clip_to_crop: bool,
-    target: (u32, u32),
-    image: (u32, u32),
-    align: u32,
-    to_bottom: bool,
-) -> jpeg::Window {
+/// [`WINDOW_MARGIN`]; the left edge aligned down to `align` (libjpeg starts a window at an iMCU column).
+fn read_window(crop: &CropBox, clip_to_crop: bool, target: (u32, u32), image: (u32, u32), align: u32) -> jpeg::Window {
     let reach = |len: f64, out: u32| {
         let filter = if clip_to_crop { 0.0 } else { (len / out as f64).max(1.0) + 1.0 };
         filter + WINDOW_MARGIN
@@ -225,7 +217,6 @@ fn read_window(
     let (x0, x1) = span(crop.left, crop.width, reach(crop.width, target.1), image.0);
     let (y0, y1) = span(crop.top, crop.height, reach(crop.height, target.0), image.1);
     let x0 = x0 / align.max(1) * align.max(1);
-    let y1 = if to_bottom { image.1 } else { y1 };
     jpeg::Window { x: x0, y: y0, width: x1 - x0, height: y1 - y0 }
 }
 
@@ -273,7 +264,9 @@ impl Decoder {
                 };
                 let plan = scale_plan(plan, denom);
                 if let (Some(crop), Some(r)) = (plan.crop, &spec.resize) {
-                    if let Some(align) = header.window_alignment(denom, spec.mode) {
+                    // Only where decoding the window alone cannot differ from a full decode, in pixels or errors.
+                    let align = header.window_alignment(denom, spec.mode);
+                    if let Some(align) = align.filter(|_| jpeg::stream_end(data).window_is_exact) {
                         let window = (denom, align);
                         match self.decode_jpeg_crop(&mut jpeg, data, &header, window, spec, crop, plan, r.size) {
                             Ok(image) => return Ok(image),
@@ -325,10 +318,7 @@ impl Decoder {
         size: (u32, u32),
     ) -> Result<Pixels, ImageError> {
         let (width, height) = header.scaled_size(denom);
-        // A stream that does not end with its EOI marker may be cut short: decode to the last row so the
-        // truncation is found, as a full decode (and Pillow) would.
-        let ends_whole = data.ends_with(&[0xFF, 0xD9]);
-        let window = read_window(&crop, plan.clip_to_crop, size, (width, height), align, !ends_whole);
+        let window = read_window(&crop, plan.clip_to_crop, size, (width, height), align);
         let channels = spec.mode.channels();
         let len = width as usize * height as usize * channels;
         if self.scratch.len() < len {
@@ -582,10 +572,77 @@ mod window_tests {
         }
     }
 
+    /// The offset of the `nth` (from 0) `FF marker` pair in `data`.
+    fn find_marker(data: &[u8], marker: u8, nth: usize) -> usize {
+        let mut hits = data.windows(2).enumerate().filter(|(_, w)| w == &[0xFF, marker]);
+        hits.nth(nth).map(|(at, _)| at).expect("marker present")
+    }
+
+    #[test]
+    fn stream_end_tells_when_a_window_is_exact() {
+        let exact = |data: &[u8]| jpeg::stream_end(data).window_is_exact;
+        let baseline = jpeg(100, 60, raw::TJSAMP_TJSAMP_420, false, 0);
+        let progressive = jpeg(100, 60, raw::TJSAMP_TJSAMP_420, true, 0);
+        assert!(exact(&baseline) && exact(&progressive) && exact(&jpeg(64, 64, raw::TJSAMP_TJSAMP_444, false, 2)));
+        // Bytes after EOI are never read.
+        assert!(exact(&[&baseline[..], &[0u8, 0xFF, 0x12][..]].concat()));
+        // Cut short: no EOI.
+        let cut = &baseline[..baseline.len() - 40];
+        assert_eq!(jpeg::stream_end(cut), jpeg::StreamEnd { reaches_eoi: false, window_is_exact: false });
+        // A marker segment inside a one-scan stream: libjpeg would read it only after the window.
+        let mut stray = baseline.clone();
+        let at = stray.len() - 60;
+        stray.splice(at..at, [0xFF, 0xFE, 0x00, 0x04, b'h', b'i']);
+        assert_eq!(jpeg::stream_end(&stray), jpeg::StreamEnd { reaches_eoi: true, window_is_exact: false });
+        // A progressive stream without its last scan leaves coefficients unrefined, which libjpeg smooths.
+        let last_scan = find_marker(&progressive, 0xDA, 9);
+        let unrefined = [&progressive[..last_scan], &[0xFF, 0xD9][..]].concat();
+        assert_eq!(jpeg::stream_end(&unrefined), jpeg::StreamEnd { reaches_eoi: true, window_is_exact: false });
+        // The same stream through the decoder: the crop equals a full decode then resize, smoothing included.
+        let mut spec = DecodeSpec::new(Mode::Rgb);
+        let r = Resize { size: (20, 20), crop: Crop::Center };
+        spec.resize = Some(r);
+        spec.reduced_dct = false;
+        let full = decode(&unrefined, &DecodeSpec::new(Mode::Rgb)).unwrap();
+        let plan = geometry::plan(100, 60, Some(&r), 0.0, 0);
+        let want = resize::Resampler::new().resize(full.view(), plan.crop.unwrap(), plan.clip_to_crop, r.size);
+        assert_eq!(decode(&unrefined, &spec).unwrap(), want.unwrap());
+    }
+
+    #[test]
+    fn fatal_error_after_a_warning_is_an_error() {
+        // TurboJPEG gives a fatal error that follows a warning the warning's code. Garbage before the frame
+        // header is a warning ("extraneous bytes"); a Huffman table with impossible counts before a later scan is
+        // fatal, and Pillow refuses the file.
+        let good = jpeg(64, 48, raw::TJSAMP_TJSAMP_420, true, 0);
+        let mut bad = good.clone();
+        let table = find_marker(&bad, 0xC4, 3);
+        bad[table + 5] = 0xFF; // the first code-length count of the table
+        let sof = find_marker(&bad, 0xC2, 0);
+        bad.splice(sof..sof, [1, 2, 3]);
+        let err = decode(&bad, &DecodeSpec::new(Mode::Rgb)).unwrap_err();
+        assert_eq!(err.kind, ImageErrorKind::Corrupt, "{err:?}");
+        assert!(err.message.contains("Huffman"), "{err:?}");
+        // The warning alone decodes.
+        let mut warned = good.clone();
+        warned.splice(sof..sof, [1, 2, 3]);
+        assert!(decode(&warned, &DecodeSpec::new(Mode::Rgb)).is_ok());
+    }
+
+    #[test]
+    fn cut_after_earlier_damage_is_still_truncated() {
+        // libjpeg keeps only the first warning's message: a cut after an earlier warning must still read as a cut.
+        let good = jpeg(64, 48, raw::TJSAMP_TJSAMP_420, true, 0);
+        let sof = find_marker(&good, 0xC2, 0);
+        let warned = [&good[..sof], &[1, 2, 3], &good[sof..good.len() - 30]].concat();
+        let err = decode(&warned, &DecodeSpec::new(Mode::Rgb)).unwrap_err();
+        assert_eq!(err.kind, ImageErrorKind::Truncated, "{err:?}");
+    }
+
     #[test]
     fn window_keeps_truncation_an_error() {
-        // Cut inside the last rows: the crop may lie well above the cut, but the stream no longer ends with EOI
-        // so the window runs to the bottom and the truncation is reported, as by a full decode.
+        // Cut inside the last rows: the crop may lie well above the cut, but the stream no longer reaches EOI, so
+        // it is decoded whole and the truncation is reported, as by a full decode.
         let data = jpeg(160, 400, raw::TJSAMP_TJSAMP_420, false, 0);
         let cut = &data[..data.len() - 200];
         let mut spec = DecodeSpec::new(Mode::Rgb);
@@ -598,15 +655,97 @@ mod window_tests {
     }
 
     #[test]
+    fn damaged_jpegs_fail_or_decode_alike_through_a_window() {
+        // Bytes flipped, cut, or inserted anywhere: never a panic or a crash. Where `Decoder::decode` takes the
+        // window path (a stream it cannot be sure of is decoded whole), it fails exactly when a full decode fails,
+        // damage below the window included, and gives the same pixels when both decode.
+        let originals = [
+            jpeg(120, 90, raw::TJSAMP_TJSAMP_420, false, 0),
+            jpeg(75, 130, raw::TJSAMP_TJSAMP_422, true, 0),
+            jpeg(64, 64, raw::TJSAMP_TJSAMP_444, false, 2),
+            jpeg(100, 70, raw::TJSAMP_TJSAMP_420, true, 1),
+        ];
+        let mut rng = Rng::new(7);
+        let mut decoder = Decoder::new();
+        let (mut both_ok, mut window_failed, mut whole_only) = (0, 0, 0);
+        for round in 0..2000u64 {
+            let mut data = originals[round as usize % originals.len()].clone();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(data.len() as u64) as usize;
+                match rng.below(4) {
+                    0 => data[at] ^= 1 << rng.below(8),
+                    1 => data[at] = 0xFF,
+                    2 => data.truncate(at.max(4)),
+                    _ => data.insert(at, rng.below(256) as u8),
+                }
+            }
+            let mut spec = DecodeSpec::new(Mode::Rgb);
+            let r = Resize { size: (16, 24), crop: Crop::RandomResized { scale: (0.05, 0.5), ratio: (0.75, 1.33) } };
+            spec.resize = Some(r);
+            spec.seed = round;
+            let Ok(mut jpeg) = jpeg::JpegDecoder::new() else { continue };
+            let Ok(header) = jpeg.header(&data) else { continue };
+            if check_pixels(header.width, header.height, spec.max_pixels, "JPEG").is_err() {
+                continue;
+            }
+            let plan = geometry::plan(header.width, header.height, Some(&r), spec.flip, spec.seed);
+            let denom = dct_denominator(plan.crop.as_ref().unwrap(), r.size);
+            let plan = scale_plan(plan, denom);
+            let Some(align) = header.window_alignment(denom, Mode::Rgb) else { continue };
+            if !jpeg::stream_end(&data).window_is_exact {
+                // Decoded whole by `Decoder::decode`; the window path is not taken.
+                whole_only += 1;
+                continue;
+            }
+            let windowed = decoder.decode_jpeg_crop(
+                &mut jpeg,
+                &data,
+                &header,
+                (denom, align),
+                &spec,
+                plan.crop.unwrap(),
+                plan,
+                r.size,
+            );
+            let full = decoder.decode(&data, &spec);
+            match windowed {
+                Ok(pixels) => {
+                    both_ok += 1;
+                    let mut full_jpeg = jpeg::JpegDecoder::new().unwrap();
+                    full_jpeg.header(&data).unwrap();
+                    let whole = full_jpeg.decode(&data, &header, denom, Mode::Rgb, spec.max_pixels);
+                    let whole = whole.unwrap_or_else(|e| panic!("round {round}: only the full decode fails: {e:?}"));
+                    let out = resize::Resampler::new()
+                        .resize(whole.view(), plan.crop.unwrap(), plan.clip_to_crop, r.size)
+                        .unwrap();
+                    assert_eq!(pixels, finish(out, plan.flip), "round {round}");
+                    assert_eq!(full.ok(), Some(pixels), "round {round}");
+                }
+                Err(e) => {
+                    window_failed += 1;
+                    let mut full_jpeg = jpeg::JpegDecoder::new().unwrap();
+                    full_jpeg.header(&data).unwrap();
+                    let whole = full_jpeg.decode(&data, &header, denom, Mode::Rgb, spec.max_pixels);
+                    assert!(whole.is_err(), "round {round}: only the window fails: {e:?}");
+                    assert_eq!(full.map_err(|e| e.kind), Err(e.kind), "round {round}");
+                }
+            }
+        }
+        // Each outcome must come up, or this test checks less than it says.
+        let counts = format!("{both_ok} decoded, {window_failed} failed through a window; {whole_only} whole");
+        assert!(both_ok > 200 && window_failed > 10 && whole_only > 200, "{counts}");
+    }
+
+    #[test]
     fn read_window_covers_the_crop_and_the_filter() {
         let crop = CropBox { left: 50.5, top: 20.0, width: 100.0, height: 30.0 };
         // Resizing 100 columns to 25 reaches 4 + 1 pixels past the crop, 30 rows to 30 reaches 1 + 1; plus the
         // margin of 8 each; the left edge is aligned down to 16.
-        let w = read_window(&crop, false, (30, 25), (400, 300), 16, false);
+        let w = read_window(&crop, false, (30, 25), (400, 300), 16);
         assert_eq!((w.x, w.y), (32, 10));
         assert_eq!((w.x + w.width, w.y + w.height), (164, 60));
         // A crop the resize sees alone needs only the margin; a window never leaves the image.
-        let w = read_window(&crop, true, (30, 25), (155, 300), 16, true);
-        assert_eq!((w.x, w.y, w.x + w.width, w.y + w.height), (32, 12, 155, 300));
+        let w = read_window(&crop, true, (30, 25), (155, 300), 16);
+        assert_eq!((w.x, w.y, w.x + w.width, w.y + w.height), (32, 12, 155, 58));
     }
 }
