@@ -576,6 +576,25 @@ def test_damaged_jpegs_fail_or_decode_as_pillow(crop: str | None) -> None:
     assert outcomes.get("only we refuse", 0) < 100, outcomes
 
 
+def test_decoded_arrays_keep_their_pixels_while_storage_is_reused() -> None:
+    # A freed array's storage is reused by later decodes; an array (or a view of it) still alive never is.
+    images = [jpeg(noisy(180, 240, seed=s), quality=90) for s in range(4)]
+    first = decode_image(images[0])
+    view = first[10:20, 5:50]
+    want_first, want_view = first.copy(), view.copy()
+    del first
+    for _ in range(3):
+        for data in images:
+            out = decode_image(data, size=(120, 160), crop="center")
+            out[:] = 0  # writable, and scribbling on it must not reach any other array
+            del out
+            decode_image(data)  # freed at once
+    np.testing.assert_array_equal(view, want_view)
+    again = decode_image(images[0])
+    np.testing.assert_array_equal(again, want_first)
+    assert type(again.base).__name__ == "PixelStorage" and again.flags.writeable and again.flags.c_contiguous
+
+
 def test_a_failed_jpeg_does_not_affect_the_next() -> None:
     good = jpeg(noisy(40, 50), quality=90)
     bad = bytearray(good)

@@ -4,8 +4,8 @@
 use std::cell::RefCell;
 
 use fastwds_core::image::{self, Crop, DecodeSpec, Decoder, Mode, Pixels, Resize};
-use numpy::ndarray::{Array2, Array3};
-use numpy::IntoPyArray;
+use numpy::ndarray::{ArrayView, IxDyn};
+use numpy::PyArrayDyn;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -67,17 +67,40 @@ pub fn decode_image<'py>(
     pixels_to_array(py, pixels)
 }
 
-/// A uint8 array of decoded pixels: HxW for one channel, HxWxC otherwise. The Vec moves into the array: no copy.
-pub(crate) fn pixels_to_array(py: Python<'_>, pixels: Pixels) -> PyResult<Bound<'_, PyAny>> {
-    let shape_err = |e: numpy::ndarray::ShapeError| PyValueError::new_err(format!("decoded shape: {e}"));
-    if pixels.channels == 1 {
-        let a = Array2::from_shape_vec((pixels.height, pixels.width), pixels.data).map_err(shape_err)?;
-        Ok(a.into_pyarray(py).into_any())
-    } else {
-        let a =
-            Array3::from_shape_vec((pixels.height, pixels.width, pixels.channels), pixels.data).map_err(shape_err)?;
-        Ok(a.into_pyarray(py).into_any())
+/// The storage behind a decoded image's numpy array (its `base`). When the array is freed, the storage goes back
+/// to the core for the next decode instead of to the allocator.
+#[pyclass(frozen, module = "fastwds._core")]
+pub struct PixelStorage {
+    data: Vec<u8>,
+}
+
+impl Drop for PixelStorage {
+    fn drop(&mut self) {
+        image::recycle(std::mem::take(&mut self.data));
     }
+}
+
+/// A uint8 array of decoded pixels: HxW for one channel, HxWxC otherwise. The pixels are not copied.
+pub(crate) fn pixels_to_array(py: Python<'_>, pixels: Pixels) -> PyResult<Bound<'_, PyAny>> {
+    let shape = match pixels.channels {
+        1 => vec![pixels.height, pixels.width],
+        c => vec![pixels.height, pixels.width, c],
+    };
+    if pixels.data.len() != shape.iter().product::<usize>() {
+        return Err(PyValueError::new_err(format!("decoded {} bytes for shape {shape:?}", pixels.data.len())));
+    }
+    let mut data = pixels.data;
+    // Taken before the Vec moves into the storage object (moving a Vec does not move its heap buffer).
+    let start = data.as_mut_ptr();
+    let storage = Bound::new(py, PixelStorage { data })?;
+    // SAFETY: `start` points at the storage's buffer, exactly `shape`'s product of bytes (checked above), which
+    // the storage object owns and never touches again until it is dropped; it becomes the array's base, so the
+    // array cannot outlive it.
+    let array = unsafe {
+        let view = ArrayView::from_shape_ptr(IxDyn(&shape), start.cast_const());
+        PyArrayDyn::borrow_from_array(&view, storage.into_any())
+    };
+    Ok(array.into_any())
 }
 
 /// The crop window and flip `decode_image` would use for an image of `height` x `width` with these arguments:

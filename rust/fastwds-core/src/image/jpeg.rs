@@ -352,7 +352,7 @@ impl JpegDecoder {
         let (format, channels) = header.output_format(mode);
         let len = width * height * channels;
         // Not zeroed first: libjpeg writes every byte of every row (on warnings too; on errors it is dropped).
-        let mut pixels = Vec::with_capacity(len);
+        let mut pixels = super::pool::buffer(len);
         let pitch = width * channels;
         self.decompress(data, header, denom, max_pixels, format, None, pixels.as_mut_ptr(), pitch)?;
         // SAFETY: the decode succeeded, so all `height` rows of `pitch` = width * channels bytes were written.

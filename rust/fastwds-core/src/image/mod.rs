@@ -2,8 +2,8 @@
 //! arrays equal to what Pillow gives, with an optional fused crop + resize + flip (torchvision's center crop or
 //! RandomResizedCrop, reproducible from a seed).
 //!
-//! Pure functions of (bytes, spec): no global state, nothing Python. A [`Decoder`] only keeps reusable scratch
-//! buffers, one per thread. When a JPEG's crop is at least twice the target size, it is decoded at a reduced
+//! Pure functions of (bytes, spec), nothing Python. A [`Decoder`] only keeps reusable scratch buffers, one per
+//! thread, and the storage of finished images can come back through [`recycle`] to be written again. When a JPEG's crop is at least twice the target size, it is decoded at a reduced
 //! DCT scale (1/2, 1/4 or 1/8, the smallest that still covers the target), exactly as Pillow's `draft()`
 //! would, which skips most of the IDCT and color conversion work. A JPEG that is cropped is decoded only in
 //! the window the resize reads (libjpeg-turbo's partial decoding): rows below it are not decoded at all, and
@@ -16,11 +16,13 @@ mod geometry;
 mod jpeg;
 mod png;
 mod pnm;
+mod pool;
 mod resize;
 mod rng;
 
 pub use error::{ImageError, ImageErrorKind};
 pub use geometry::{center_box, plan, random_resized_box, validate, CropBox, Plan};
+pub use pool::recycle;
 pub use rng::Rng;
 
 /// Pillow's `Image.MAX_IMAGE_PIXELS * 2`: the size at which Pillow raises `DecompressionBombError`.

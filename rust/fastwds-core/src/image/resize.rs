@@ -53,7 +53,10 @@ impl Resampler {
             return copy_window(&src, crop.left as usize, crop.top as usize, tw as usize, th as usize);
         }
         let src_ref = ImageRef::new(src.width as u32, src.height as u32, src.data, pt).map_err(resize_error)?;
-        let mut dst = Image::new(tw, th, pt);
+        let len = tw as usize * th as usize * src.channels;
+        let mut buffer = super::pool::buffer(len);
+        buffer.resize(len, 0);
+        let mut dst = Image::from_vec_u8(tw, th, buffer, pt).map_err(resize_error)?;
         // Pillow premultiplies alpha for RGBA/LA resizes too, so mul_div_alpha stays on (the default).
         let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
         if clip_to_crop && is_integer {
@@ -82,7 +85,7 @@ fn copy_window(src: &View<'_>, left: usize, top: usize, width: usize, height: us
     if left + width > src.width || top + height > src.height {
         return Err(resize_error("crop window outside the image"));
     }
-    let mut data = Vec::with_capacity(width * height * c);
+    let mut data = super::pool::buffer(width * height * c);
     for y in top..top + height {
         let start = y * row + left * c;
         data.extend_from_slice(&src.data[start..start + width * c]);
