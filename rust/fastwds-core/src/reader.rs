@@ -574,8 +574,12 @@ fn decode_batch(stage: &ImageStage, samples: &mut [Sample], threads: usize, deco
                 **value = stage.decode(decoder, key, field, data);
             }
         }
+        // Kept for twice the threads that decode one batch (two shards are often decoded side by side); the
+        // rare extra ones are freed.
         if let (Some(decoder), Ok(mut kept)) = (taken.take(), decoders.lock()) {
-            kept.push(decoder);
+            if kept.len() < 2 * threads {
+                kept.push(decoder);
+            }
         }
     };
     let helpers = threads.min(jobs.len()).saturating_sub(1);

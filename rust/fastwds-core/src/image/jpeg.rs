@@ -119,7 +119,7 @@ pub fn stream_end(data: &[u8]) -> StreamEnd {
             0xD9 => {
                 let complete = (0..ids.len() / 3)
                     .all(|c| coef_bits.get(c).is_some_and(|bits| bits[1..].iter().all(|&al| al == 0)));
-                let one_clean_scan = scans == 1 && !other_after_scan;
+                let one_clean_scan = scans == 1 && !other_after_scan && !multi_scan;
                 let window_is_exact = one_clean_scan || (multi_scan && (!progressive || complete));
                 return StreamEnd { reaches_eoi: true, window_is_exact };
             }

@@ -596,6 +596,13 @@ mod window_tests {
         let at = stray.len() - 60;
         stray.splice(at..at, [0xFF, 0xFE, 0x00, 0x04, b'h', b'i']);
         assert_eq!(jpeg::stream_end(&stray), jpeg::StreamEnd { reaches_eoi: true, window_is_exact: false });
+        // A progressive stream of its DC scan alone is one scan, but libjpeg smooths it, so it is read whole.
+        let sos = find_marker(&progressive, 0xDA, 0);
+        let after_scan = (sos + 2..progressive.len() - 1)
+            .find(|&i| progressive[i] == 0xFF && !matches!(progressive[i + 1], 0x00 | 0xD0..=0xD7))
+            .unwrap();
+        let dc_only = [&progressive[..after_scan], &[0xFF, 0xD9][..]].concat();
+        assert_eq!(jpeg::stream_end(&dc_only), jpeg::StreamEnd { reaches_eoi: true, window_is_exact: false });
         // A progressive stream without its last scan leaves coefficients unrefined, which libjpeg smooths.
         let last_scan = find_marker(&progressive, 0xDA, 9);
         let unrefined = [&progressive[..last_scan], &[0xFF, 0xD9][..]].concat();

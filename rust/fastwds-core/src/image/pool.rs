@@ -43,16 +43,19 @@ impl Spares {
 
 static SPARES: Mutex<Spares> = Mutex::new(Spares::new());
 
+// Both calls below only try the lock: a busy pool just allocates or frees as before, and a process forked
+// while another thread held the lock (a DataLoader worker) never waits for an owner that does not exist there.
+
 /// An empty buffer with room for at least `len` bytes: a spare one when one fits, else a new one.
 pub(crate) fn buffer(len: usize) -> Vec<u8> {
-    let spare = if len >= MIN_BYTES { SPARES.lock().ok().and_then(|mut s| s.take(len)) } else { None };
+    let spare = if len >= MIN_BYTES { SPARES.try_lock().ok().and_then(|mut s| s.take(len)) } else { None };
     spare.unwrap_or_else(|| Vec::with_capacity(len))
 }
 
 /// Takes back the storage of pixels the consumer is done with, for a later decode.
 pub fn recycle(buffer: Vec<u8>) {
     if buffer.capacity() >= MIN_BYTES {
-        if let Ok(mut spares) = SPARES.lock() {
+        if let Ok(mut spares) = SPARES.try_lock() {
             spares.keep(buffer);
         }
     }
