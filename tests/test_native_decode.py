@@ -3,6 +3,7 @@ gives exactly what webdataset + Pillow give, and `decode_images` crops, resizes 
 
 import io
 import tarfile
+from typing import Any
 
 import numpy as np
 import pytest
@@ -269,15 +270,25 @@ def test_unknown_image_options_fail_at_construction() -> None:
 
 
 @pytest.mark.timeout(120)
-def test_dataloader_workers_decode_natively_and_see_every_sample_once(image_shards) -> None:
-    ds = (
-        fastwds.WebDataset(image_shards, shardshuffle=False)
-        .decode_images("rgb8", size=(16, 16), crop="random_resized", seed=1)
-        .to_tuple("__key__", "cls")
-    )
-    loader = torch.utils.data.DataLoader(ds, num_workers=2, batch_size=None, multiprocessing_context="fork")
-    keys = [key for key, _ in loader]
-    assert sorted(keys) == sorted(f"s{s * 100 + i:05d}" for s in range(2) for i in range(12))
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_dataloader_workers_decode_natively_and_see_every_sample_once(image_shards, context: str) -> None:
+    # 120x120 RGB outputs are large enough that their storage goes through the spare-buffer pool, which the
+    # parent has used before the workers start.
+    def dataset() -> Any:
+        # A fresh dataset each time: iterating one moves it to its next epoch, whose crops differ.
+        return (
+            fastwds.WebDataset(image_shards, shardshuffle=False)
+            .decode_images("rgb8", size=(120, 120), crop="random_resized", seed=1)
+            .to_tuple("__key__", "jpg;png;ppm")
+        )
+
+    in_parent = {key: image for key, image in dataset()}
+    loader = torch.utils.data.DataLoader(dataset(), num_workers=2, batch_size=None, multiprocessing_context=context)
+    got = {key: image for key, image in loader}
+    assert sorted(got) == sorted(f"s{s * 100 + i:05d}" for s in range(2) for i in range(12))
+    for key, image in got.items():
+        assert image.shape == (120, 120, 3)
+        np.testing.assert_array_equal(image, in_parent[key])
 
 
 def test_decode_after_decode_images_decodes_the_other_fields(image_shards) -> None:
