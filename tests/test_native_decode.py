@@ -283,7 +283,9 @@ def test_dataloader_workers_decode_natively_and_see_every_sample_once(image_shar
         )
 
     in_parent = {key: image for key, image in dataset()}
-    loader = torch.utils.data.DataLoader(dataset(), num_workers=2, batch_size=None, multiprocessing_context=context)
+    loader = torch.utils.data.DataLoader(
+        dataset(), num_workers=2, batch_size=None, multiprocessing_context=context
+    )
     got = {key: image for key, image in loader}
     assert sorted(got) == sorted(f"s{s * 100 + i:05d}" for s in range(2) for i in range(12))
     for key, image in got.items():
