@@ -9,6 +9,7 @@ import os
 import pty
 import random
 import re
+import stat
 import subprocess
 import sys
 import tarfile
@@ -248,13 +249,50 @@ def test_create_long_and_unicode_names_round_trip(capsys, tmp_path):
 # ls
 
 
+def tar_tv_lines(path) -> str:
+    """`tar tv`-style lines for the regular members of a tar, from Python's tarfile."""
+    lines = []
+    with tarfile.open(path) as tar:
+        for m in tar:
+            if m.isfile():
+                mode = stat.filemode(stat.S_IFREG | (m.mode & 0o7777))
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(int(m.mtime // 1)))
+                owner = f"{m.uname or m.uid}/{m.gname or m.gid}"
+                lines.append(f"{mode} {owner} {m.size:>12} {when} {m.name}\n")
+    return "".join(lines)
+
+
 def test_ls_lists_members_like_tar(cli, tmp_path):
     [path] = write_shards(tmp_path, nshards=1, per_shard=3)
     result = cli("ls", path)
     assert result.code == 0, result.err
-    expected = "".join(f"{len(data):>12} {name}\n" for name, data in tar_members(path))
-    assert result.out == expected
+    assert result.out == tar_tv_lines(path)
     assert len(result.out.splitlines()) == 9
+
+
+def test_ls_shows_modes_owners_and_times_from_ustar_gnu_and_pax_headers(capsys, tmp_path):
+    members = [
+        # (format, name, mode, uid, gid, uname, gname, mtime)
+        (tarfile.USTAR_FORMAT, "a.txt", 0o640, 1234, 99, "alice", "staff", 1_700_000_000),
+        (tarfile.GNU_FORMAT, "g/" + "n" * 120 + ".bin", 0o755, 0o7777777 + 5, 7, "", "", 86_400),
+        (tarfile.PAX_FORMAT, "p.txt", 0o600, 10**10, 3, "bøb", "grüppe", 1_700_000_000.75),
+    ]
+    data = b"payload"
+    for i, (fmt, name, mode, uid, gid, uname, gname, mtime) in enumerate(members):
+        with tarfile.open(tmp_path / f"t{i}.tar", "w", format=fmt) as tar:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid = len(data), mode, uid, gid
+            info.uname, info.gname, info.mtime = uname, gname, mtime
+            tar.addfile(info, io.BytesIO(data))
+            directory = tarfile.TarInfo("dir")
+            directory.type = tarfile.DIRTYPE
+            tar.addfile(directory)  # not a regular file: not listed
+        path = tmp_path / f"t{i}.tar"
+        [member] = list(fastwds._core.tar_members(str(path), info=True))
+        assert (member["mode"], member["uid"], member["gid"]) == (mode, uid, gid)
+        assert (member["uname"], member["gname"], member["mtime"]) == (uname, gname, int(mtime))
+        result = inprocess(capsys, "ls", str(path))
+        assert result.code == 0 and result.out == tar_tv_lines(path)
 
 
 def test_ls_samples_shows_fields_and_sizes(capsys, tmp_path):
@@ -274,7 +312,7 @@ def test_ls_samples_shows_fields_and_sizes(capsys, tmp_path):
 def test_ls_reads_gzip_and_reports_missing_shards(capsys, tmp_path):
     [path] = write_shards(tmp_path, nshards=1, per_shard=1, gz=True)
     result = inprocess(capsys, "ls", path)
-    assert result.code == 0 and [line.split()[1] for line in result.out.splitlines()] == [
+    assert result.code == 0 and [line.split()[-1] for line in result.out.splitlines()] == [
         "sample000000.cls",
         "sample000000.txt",
         "sample000000.json",

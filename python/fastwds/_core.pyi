@@ -93,8 +93,9 @@ def tar_samples(
 ) -> SampleIterator:
     """Iterates the samples of one tar stream (a URL or a binary file object); `url` names it in samples."""
 
-def tar_members(source: str | BinaryIO, *, url: str | None = None) -> SampleIterator:
-    """Iterates the regular-file members of one tar stream as `{"fname", "data", "__url__"}` dicts."""
+def tar_members(source: str | BinaryIO, *, url: str | None = None, info: bool = False) -> SampleIterator:
+    """Iterates the regular-file members of one tar stream as `{"fname", "data", "__url__"}` dicts; with
+    `info`, also `mode`, `uid`, `gid`, `uname`, `gname` and `mtime`."""
 
 def split_key(name: str) -> tuple[str, str] | None:
     """Splits a member name into (key, field) by the webdataset rule; None when it does not match."""

@@ -1,23 +1,26 @@
-"""`fastwds ls URL`: list a shard's members (size and name), or its samples with their fields and sizes."""
+"""`fastwds ls URL`: list a shard's members as `tar tv` does, or its samples with their fields and sizes."""
 
 from __future__ import annotations
 
 import argparse
+import stat
 import sys
+import time
 from typing import Any
 
 from .._core import ShardReader, tar_members
 from ._util import expand_all
 
 EPILOG = """\
-Each member line is its size in bytes and its name, as in `tar tvf` (fastwds does not keep the mode,
-owner and date). With --samples, each line is a sample key followed by FIELD=SIZE for each of its fields.
+Each member line is its mode, owner/group, size in bytes, modification time (local) and name, as
+`tar tvf` shows them; only regular files are listed. With --samples, each line is a sample key followed by
+FIELD=SIZE for each of its fields.
 
 example:
   $ fastwds ls shards/train-000000.tar | head -3
-             1 000000.cls
-         38912 000000.jpg
-           117 000000.json
+  -rw-r--r-- bigdata/bigdata            1 2026-11-22 06:09 000000.cls
+  -rw-r--r-- bigdata/bigdata        38912 2026-11-22 06:09 000000.jpg
+  -rw-r--r-- bigdata/bigdata          117 2026-11-22 06:09 000000.json
   $ fastwds ls --samples 'shards/train-{000000..000009}.tar' | head -2
   shards/train-000000.tar:
   000000  cls=1 jpg=38912 json=117
@@ -36,9 +39,17 @@ def run(args: argparse.Namespace) -> int:
                 fields = " ".join(f"{k}={len(v)}" for k, v in sample.items() if not k.startswith("__"))
                 out.write(f"{sample['__key__']}  {fields}\n")
         else:
-            for member in tar_members(url):
-                out.write(f"{len(member['data']):>12} {member['fname']}\n")
+            for member in tar_members(url, info=True):
+                out.write(member_line(member))
     return 0
+
+
+def member_line(member: dict[str, Any]) -> str:
+    """One `tar tv` line for a member dict from `tar_members(..., info=True)`."""
+    mode = stat.filemode(stat.S_IFREG | member["mode"])
+    owner = f"{member['uname'] or member['uid']}/{member['gname'] or member['gid']}"
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(member["mtime"]))
+    return f"{mode} {owner} {len(member['data']):>12} {when} {member['fname']}\n"
 
 
 def add_parser(subparsers: Any) -> None:

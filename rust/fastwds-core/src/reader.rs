@@ -21,7 +21,7 @@ use crate::image::{DecodeSpec, Decoder};
 use crate::ring::{Closed, Ring, Weighed};
 use crate::sample::{is_metadata, split_key, BufferAllocator, Sample, Value};
 use crate::source::{http_agent, open_url, ChildRegistry, Opened};
-use crate::tar::{MemberHeader, TarReader};
+use crate::tar::{MemberHeader, MemberInfo, TarReader};
 
 /// The longest a consumer sleeps before looking at its queue again: the delay a partial batch can see.
 const POLL_SLICE: Duration = Duration::from_millis(2);
@@ -47,6 +47,9 @@ pub struct ReaderConfig {
     /// Yield each regular member as its own item (key = member name, one field named "") instead of
     /// grouping members into samples.
     pub members: bool,
+    /// With `members`, each member's [`MemberInfo`] follows its data as text fields named `mode`, `uid`,
+    /// `gid`, `uname`, `gname` and `mtime` (decimal).
+    pub member_info: bool,
     /// Decode image fields on the reader threads.
     pub images: Option<Arc<ImageStage>>,
     /// Where members of at least `allocate_from` bytes are read into (see [`FieldBuffer`]).
@@ -112,6 +115,7 @@ impl Default for ReaderConfig {
             rename_files: None,
             lcase: true,
             members: false,
+            member_info: false,
             images: None,
             allocator: None,
             allocate_from: 1 << 20,
@@ -445,8 +449,13 @@ fn read_members(shared: &Shared, opened: Opened, url: &Arc<str>, out: &mut Emitt
             }
         }
         if config.members {
+            let info = config.member_info.then(|| tar.member_info());
             let data = read_value(&mut tar, &header, config, true).map_err(fail)?;
-            let member = Sample { key: name, url: Arc::clone(&url), fields: vec![(String::new(), data)] };
+            let mut fields = vec![(String::new(), data)];
+            if let Some(info) = info {
+                fields.extend(info_fields(&info));
+            }
+            let member = Sample { key: name, url: Arc::clone(&url), fields };
             out.emit(member)?;
             continue;
         }
@@ -549,6 +558,19 @@ impl Emitter<'_> {
         }
         Ok(())
     }
+}
+
+/// A member's info as the text fields [`ReaderConfig::member_info`] describes.
+fn info_fields(info: &MemberInfo) -> [(String, Value); 6] {
+    let field = |name: &str, text: String| (name.to_string(), Value::from(text.into_bytes()));
+    [
+        field("mode", info.mode.to_string()),
+        field("uid", info.uid.to_string()),
+        field("gid", info.gid.to_string()),
+        field("uname", info.uname.clone()),
+        field("gname", info.gname.clone()),
+        field("mtime", info.mtime.to_string()),
+    ]
 }
 
 /// Decodes the image fields of `samples` in place on up to `threads` threads, with decoders from `decoders`.

@@ -33,11 +33,27 @@ pub struct TarReader<R> {
     current: Option<String>,
     finished: bool,
     header: [u8; BLOCK],
+    /// The pax records of the current member, kept for [`TarReader::member_info`].
+    pax: Option<Vec<u8>>,
+}
+
+/// A member's permissions, owner and modification time, as `tar tv` lists them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Permission bits (`0o644`), without the file type.
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    /// Owner and group names; empty when the header has none (pre-POSIX tar).
+    pub uname: String,
+    pub gname: String,
+    /// Seconds since the Unix epoch (whole seconds; negative before 1970 in pax records).
+    pub mtime: i64,
 }
 
 impl<R: Read> TarReader<R> {
     pub fn new(inner: R) -> Self {
-        TarReader { inner, offset: 0, pending: 0, current: None, finished: false, header: [0; BLOCK] }
+        TarReader { inner, offset: 0, pending: 0, current: None, finished: false, header: [0; BLOCK], pax: None }
     }
 
     /// Bytes of the tar stream consumed so far.
@@ -58,6 +74,7 @@ impl<R: Read> TarReader<R> {
         }
         self.skip_pending()?;
         self.current = None;
+        self.pax = None;
         let mut start = self.offset;
         let mut long_name: Option<String> = None;
         let mut pax_path: Option<String> = None;
@@ -106,6 +123,7 @@ impl<R: Read> TarReader<R> {
                             if psize.is_some() {
                                 pax_size = psize;
                             }
+                            self.pax = Some(payload);
                         }
                         b'L' => long_name = Some(c_string(&payload)),
                         _ => {} // global pax records and GNU long link names never name a member
@@ -136,9 +154,44 @@ impl<R: Read> TarReader<R> {
                     self.skip_pending()?;
                     start = self.offset;
                     (long_name, pax_path, pax_size) = (None, None, None);
+                    self.pax = None;
                 }
             }
         }
+    }
+
+    /// The permissions, owner and time of the member [`TarReader::next_member`] last returned: its header's
+    /// fields, overridden by its pax records. Fields that do not parse read as 0 (they never affect the data).
+    pub fn member_info(&self) -> MemberInfo {
+        let h = &self.header;
+        let number = |field: &[u8]| parse_number(field).unwrap_or(0);
+        let mut info = MemberInfo {
+            mode: (number(&h[100..108]) & 0o7777) as u32,
+            uid: number(&h[108..116]),
+            gid: number(&h[116..124]),
+            uname: c_string(&h[265..297]),
+            gname: c_string(&h[297..329]),
+            mtime: i64::try_from(number(&h[136..148])).unwrap_or(0),
+        };
+        let pax = self.pax.as_deref().unwrap_or(&[]);
+        let _ = for_each_pax_record(pax, |key, value| {
+            let text = String::from_utf8_lossy(value);
+            match key {
+                b"uid" => info.uid = text.trim().parse().unwrap_or(info.uid),
+                b"gid" => info.gid = text.trim().parse().unwrap_or(info.gid),
+                b"uname" => info.uname = text.into_owned(),
+                b"gname" => info.gname = text.into_owned(),
+                // "1700000000.25": whole seconds, rounded down as `tar tv` shows them.
+                b"mtime" => {
+                    if let Ok(t) = text.trim().parse::<f64>() {
+                        info.mtime = t.floor() as i64;
+                    }
+                }
+                _ => {}
+            }
+            Ok(())
+        });
+        info
     }
 
     /// Reads the current member's data into `buf` (cleared first), then its padding.
@@ -341,6 +394,22 @@ fn verify_checksum(h: &[u8; BLOCK]) -> Result<(), String> {
 fn parse_pax(payload: &[u8]) -> Result<(Option<String>, Option<u64>), String> {
     let mut path = None;
     let mut size = None;
+    for_each_pax_record(payload, |key, value| {
+        match key {
+            b"path" => path = Some(String::from_utf8_lossy(value).into_owned()),
+            b"size" => {
+                let text = std::str::from_utf8(value).map_err(|_| "pax size is not text")?;
+                size = Some(text.trim().parse::<u64>().map_err(|_| format!("pax size {text:?} is not a number"))?);
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok((path, size))
+}
+
+/// Calls `f(key, value)` for each `LEN KEY=VALUE\n` record of a pax extended header.
+fn for_each_pax_record(payload: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<(), String>) -> Result<(), String> {
     let mut rest = payload;
     while !rest.is_empty() {
         if rest.iter().all(|&b| b == 0) {
@@ -356,18 +425,10 @@ fn parse_pax(payload: &[u8]) -> Result<(Option<String>, Option<u64>), String> {
         }
         let record = &rest[space + 1..len - 1];
         let eq = record.iter().position(|&b| b == b'=').ok_or("pax record without '='")?;
-        let (key, value) = (&record[..eq], &record[eq + 1..]);
-        match key {
-            b"path" => path = Some(String::from_utf8_lossy(value).into_owned()),
-            b"size" => {
-                let text = std::str::from_utf8(value).map_err(|_| "pax size is not text")?;
-                size = Some(text.trim().parse::<u64>().map_err(|_| format!("pax size {text:?} is not a number"))?);
-            }
-            _ => {}
-        }
+        f(&record[..eq], &record[eq + 1..])?;
         rest = &rest[len..];
     }
-    Ok((path, size))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ struct Options {
     rename_files: Option<Py<PyAny>>,
     lcase: bool,
     members: bool,
+    /// With `members`: add each member's mode, owner and time to its dict (`tar_members(info=True)` only).
+    member_info: bool,
     handler: Option<Py<PyAny>>,
     images: Option<Py<PyAny>>,
 }
@@ -63,6 +65,7 @@ impl Options {
             rename_files: None,
             lcase,
             members,
+            member_info: false,
             handler,
             images: None,
         }
@@ -96,6 +99,7 @@ impl Options {
             }),
             lcase: self.lcase,
             members: self.members,
+            member_info: self.member_info,
             images,
             allocator: Some(bytes_allocator()),
             allocate_from: LARGE_FIELD,
@@ -159,6 +163,7 @@ impl ShardReader {
             rename_files,
             lcase,
             members,
+            member_info: false,
             handler,
             images,
         };
@@ -376,6 +381,16 @@ impl IterState {
             };
             d.set_item(intern!(py, "data"), data)?;
             d.set_item(intern!(py, "__url__"), url)?;
+            // With member info, the text fields after the data (see ReaderConfig::member_info).
+            for (name, value) in sample.fields.iter().skip(1) {
+                let text = String::from_utf8_lossy(value.as_slice());
+                let bad = |_| pyo3::exceptions::PyValueError::new_err(format!("member {name}: {text}"));
+                match name.as_str() {
+                    "uname" | "gname" => d.set_item(name.as_str(), text.as_ref())?,
+                    "mtime" => d.set_item(name.as_str(), text.parse::<i64>().map_err(bad)?)?,
+                    _ => d.set_item(name.as_str(), text.parse::<u64>().map_err(bad)?)?,
+                }
+            }
             return Ok(d);
         }
         d.set_item(intern!(py, "__key__"), PyString::new(py, &sample.key))?;
@@ -495,12 +510,19 @@ pub fn tar_samples(
     SampleIterator::new(py, shards.try_iter()?.unbind(), &options)
 }
 
-/// Iterates the regular-file members of one tar stream as `{"fname", "data", "__url__"}` dicts.
+/// Iterates the regular-file members of one tar stream as `{"fname", "data", "__url__"}` dicts; with `info`,
+/// also `mode` (permission bits), `uid`, `gid`, `uname`, `gname` and `mtime` (seconds since the epoch).
 #[pyfunction]
-#[pyo3(signature = (source, *, url=None))]
-pub fn tar_members(py: Python<'_>, source: &Bound<'_, PyAny>, url: Option<String>) -> PyResult<SampleIterator> {
+#[pyo3(signature = (source, *, url=None, info=false))]
+pub fn tar_members(
+    py: Python<'_>,
+    source: &Bound<'_, PyAny>,
+    url: Option<String>,
+    info: bool,
+) -> PyResult<SampleIterator> {
     let shards = one_shard(py, source, url)?;
-    let options = Options::one_stream(None, true, true, None);
+    let mut options = Options::one_stream(None, true, true, None);
+    options.member_info = info;
     SampleIterator::new(py, shards.try_iter()?.unbind(), &options)
 }
 

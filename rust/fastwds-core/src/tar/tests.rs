@@ -1152,3 +1152,48 @@ fn read_data_into_fills_the_buffer_and_reports_a_cut_member() {
     assert_eq!(err.member.as_deref(), Some("big.bin"));
     assert_eq!(err.offset, 512 + 3000);
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Member info (mode, owner, time)
+// ---------------------------------------------------------------------------------------------------------
+
+/// The info of each regular member, in order.
+fn infos(bytes: &[u8]) -> Vec<MemberInfo> {
+    let mut tar = TarReader::new(Cursor::new(bytes.to_vec()));
+    let mut out = Vec::new();
+    while tar.next_member().unwrap().is_some() {
+        out.push(tar.member_info());
+        tar.skip_data().unwrap();
+    }
+    out
+}
+
+#[test]
+fn member_info_comes_from_the_header_and_pax_records_override_it() {
+    let mut h = header("a.txt", 1, b'0');
+    put_octal(&mut h[100..108], 0o100640); // a file type in the mode field is dropped
+    put_octal(&mut h[108..116], 1234);
+    put_octal(&mut h[116..124], 99);
+    put_octal(&mut h[136..148], 1_700_000_000);
+    h[265..270].copy_from_slice(b"alice");
+    h[297..302].copy_from_slice(b"staff");
+    seal(&mut h);
+    let plain = entry(h, b"x");
+    let records: [(&str, &[u8]); 4] =
+        [("uid", b"10000000000"), ("uname", "b\u{f8}b".as_bytes()), ("mtime", b"1700000000.75"), ("gid", b"x")];
+    let overridden = cat(&[pax(b'x', &records), plain.clone()]);
+    let got = infos(&cat(&[plain, overridden, file("b.txt", b"y"), end()]));
+    let alice = MemberInfo {
+        mode: 0o640,
+        uid: 1234,
+        gid: 99,
+        uname: "alice".into(),
+        gname: "staff".into(),
+        mtime: 1_700_000_000,
+    };
+    assert_eq!(got[0], alice);
+    // pax values win where they parse; a bad one (gid) leaves the header's.
+    assert_eq!(got[1], MemberInfo { uid: 10_000_000_000, uname: "b\u{f8}b".into(), ..alice.clone() });
+    // The pax records belong to one member only.
+    assert_eq!((got[2].uid, got[2].uname.as_str(), got[2].mode), (0, "", 0o644));
+}
