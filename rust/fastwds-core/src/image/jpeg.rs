@@ -23,23 +23,32 @@ struct Frame {
     max_h_samp: u32,
 }
 
+/// The next marker at or after `pos` and the offset just past it, read as libjpeg reads it: bytes other than
+/// 0xFF are skipped (libjpeg warns about them, Pillow ignores them), and a marker may follow any number of 0xFF
+/// fill bytes. None when the data ends first.
+fn next_marker(data: &[u8], pos: usize) -> Option<(u8, usize)> {
+    let mut pos = pos + memchr::memchr(0xFF, data.get(pos..)?)?;
+    while data.get(pos) == Some(&0xFF) {
+        pos += 1;
+    }
+    Some((*data.get(pos)?, pos + 1))
+}
+
+/// SOF0..SOF15: every marker from C0 to CF but DHT (C4), JPG (C8) and DAC (CC).
+fn is_frame_marker(marker: u8) -> bool {
+    matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC)
+}
+
 /// Finds the frame header (SOFn) by walking the marker segments. libjpeg accepts a stream that ends before any
 /// frame as "tables only" and then leaves the previous image's size in a reused handle, so the frame must be
 /// seen here first.
 fn frame(data: &[u8]) -> Result<Frame, ImageError> {
     let mut pos = 2; // after SOI
     loop {
-        // Bytes other than 0xFF between segments are skipped, as libjpeg (with a warning) and Pillow do; markers
-        // may be preceded by any number of 0xFF fill bytes.
-        let Some(skip) = memchr::memchr(0xFF, data.get(pos..).unwrap_or(&[])) else {
+        let Some((marker, after)) = next_marker(data, pos) else {
             return Err(ImageError::truncated("truncated JPEG: the data ends before the frame header"));
         };
-        pos += skip;
-        while data.get(pos) == Some(&0xFF) {
-            pos += 1;
-        }
-        let marker = *data.get(pos).ok_or_else(|| ImageError::truncated("truncated JPEG header"))?;
-        pos += 1;
+        pos = after;
         match marker {
             // Standalone markers without a length.
             0x01 | 0xD0..=0xD7 => continue,
@@ -50,8 +59,7 @@ fn frame(data: &[u8]) -> Result<Frame, ImageError> {
             Some(b) => u16::from_be_bytes([b[0], b[1]]) as usize,
             None => return Err(ImageError::truncated("truncated JPEG header")),
         };
-        // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC).
-        if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+        if is_frame_marker(marker) {
             let sof = data.get(pos + 2..pos + 8).ok_or_else(|| ImageError::truncated("truncated JPEG frame header"))?;
             let height = u16::from_be_bytes([sof[1], sof[2]]) as u32;
             let width = u16::from_be_bytes([sof[3], sof[4]]) as u32;
@@ -108,13 +116,8 @@ pub fn stream_end(data: &[u8]) -> StreamEnd {
     // The successive-approximation bit (Al) each component's coefficient was last sent at; -1: never sent.
     let mut coef_bits = [[-1i8; SMOOTHED_COEFS]; MAX_COMPONENTS];
     loop {
-        let Some(skip) = memchr::memchr(0xFF, data.get(pos..).unwrap_or(&[])) else { return unended };
-        pos += skip;
-        while data.get(pos) == Some(&0xFF) {
-            pos += 1;
-        }
-        let Some(&marker) = data.get(pos) else { return unended };
-        pos += 1;
+        let Some((marker, after)) = next_marker(data, pos) else { return unended };
+        pos = after;
         match marker {
             0xD9 => {
                 let complete = (0..ids.len() / 3)
@@ -137,7 +140,7 @@ pub fn stream_end(data: &[u8]) -> StreamEnd {
             other_after_scan = true;
         }
         match marker {
-            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+            _ if is_frame_marker(marker) => {
                 let count = body.get(5).copied().unwrap_or(0) as usize;
                 ids = body.get(6..6 + 3 * count).unwrap_or(&[]);
                 progressive = matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE);

@@ -3,12 +3,13 @@
 //! RandomResizedCrop, reproducible from a seed).
 //!
 //! Pure functions of (bytes, spec), nothing Python. A [`Decoder`] only keeps reusable scratch buffers, one per
-//! thread, and the storage of finished images can come back through [`recycle`] to be written again. When a JPEG's crop is at least twice the target size, it is decoded at a reduced
-//! DCT scale (1/2, 1/4 or 1/8, the smallest that still covers the target), exactly as Pillow's `draft()`
-//! would, which skips most of the IDCT and color conversion work. A JPEG that is cropped is decoded only in
-//! the window the resize reads (libjpeg-turbo's partial decoding): rows below it are not decoded at all, and
-//! rows above it and columns beside it are entropy-decoded only. The pixels the resize sees are the same as
-//! after a full decode, so the result is too.
+//! thread, and the storage of finished images can come back through [`recycle`] to be written again. When a
+//! JPEG's crop is at least twice the target size, it is decoded at a reduced DCT scale (1/2, 1/4 or 1/8, the
+//! smallest that still covers the target), exactly as Pillow's `draft()` would, which skips most of the IDCT
+//! and color conversion work. A JPEG that is cropped is decoded only in the window the resize reads
+//! (libjpeg-turbo's partial decoding): rows below it are not decoded at all, and rows above it and columns
+//! beside it are entropy-decoded only. The pixels the resize sees are the same as after a full decode, so the
+//! result is too.
 
 mod convert;
 mod error;
@@ -717,12 +718,12 @@ mod window_tests {
                 r.size,
             );
             let full = decoder.decode(&data, &spec);
+            let mut full_jpeg = jpeg::JpegDecoder::new().unwrap();
+            full_jpeg.header(&data).unwrap();
+            let whole = full_jpeg.decode(&data, &header, denom, Mode::Rgb, spec.max_pixels);
             match windowed {
                 Ok(pixels) => {
                     both_ok += 1;
-                    let mut full_jpeg = jpeg::JpegDecoder::new().unwrap();
-                    full_jpeg.header(&data).unwrap();
-                    let whole = full_jpeg.decode(&data, &header, denom, Mode::Rgb, spec.max_pixels);
                     let whole = whole.unwrap_or_else(|e| panic!("round {round}: only the full decode fails: {e:?}"));
                     let out = resize::Resampler::new()
                         .resize(whole.view(), plan.crop.unwrap(), plan.clip_to_crop, r.size)
@@ -732,9 +733,6 @@ mod window_tests {
                 }
                 Err(e) => {
                     window_failed += 1;
-                    let mut full_jpeg = jpeg::JpegDecoder::new().unwrap();
-                    full_jpeg.header(&data).unwrap();
-                    let whole = full_jpeg.decode(&data, &header, denom, Mode::Rgb, spec.max_pixels);
                     assert!(whole.is_err(), "round {round}: only the window fails: {e:?}");
                     assert_eq!(full.map_err(|e| e.kind), Err(e.kind), "round {round}");
                 }
