@@ -11,6 +11,7 @@ pub mod image;
 pub mod reader;
 pub mod ring;
 pub mod sample;
+mod slots;
 pub mod source;
 pub mod tar;
 

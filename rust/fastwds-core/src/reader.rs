@@ -20,6 +20,7 @@ use crate::error::{ErrorKind, ShardError, TarError};
 use crate::image::{DecodeSpec, Decoder};
 use crate::ring::{Closed, Ring, Weighed};
 use crate::sample::{is_metadata, split_key, BufferAllocator, Sample, Value};
+use crate::slots::{DecodeSlots, Slot};
 use crate::source::{http_agent, open_url, ChildRegistry, Opened};
 use crate::tar::{MemberHeader, MemberInfo, TarReader};
 
@@ -193,6 +194,8 @@ struct Shared {
     /// Image decoders between batches. Each keeps its scratch image and resize buffers; a fresh one per batch
     /// had the kernel map and zero those pages again for every batch (a tenth of the crop pipeline's time).
     decoders: Mutex<Vec<Decoder>>,
+    /// `threads` slots: the images decoded at once, over every shard in flight.
+    decode_slots: DecodeSlots,
 }
 
 /// The result of waiting for the next item.
@@ -229,6 +232,7 @@ impl Pool {
             running: AtomicUsize::new(0),
             exited: (Mutex::new(()), Condvar::new()),
             decoders: Mutex::new(Vec::new()),
+            decode_slots: DecodeSlots::new(threads),
         });
         let (tx, rx) = crossbeam_channel::unbounded::<Task>();
         let handles = (0..threads.min(prefetch))
@@ -311,6 +315,7 @@ impl Pool {
         self.shared.cancel.store(true, Ordering::SeqCst);
         self.tasks = None;
         self.shared.ring.close();
+        self.shared.decode_slots.wake_all();
         self.shared.children.kill_all();
         self.local.clear();
     }
@@ -550,7 +555,7 @@ impl Emitter<'_> {
 
     fn flush(&mut self) -> Result<(), Closed> {
         if let Some(stage) = &self.shared.config.images {
-            decode_batch(stage, &mut self.held, self.shared.config.thread_count(), &self.shared.decoders);
+            decode_batch(stage, &mut self.held, self.shared)?;
         }
         self.images = 0;
         for sample in self.held.drain(..) {
@@ -573,8 +578,9 @@ fn info_fields(info: &MemberInfo) -> [(String, Value); 6] {
     ]
 }
 
-/// Decodes the image fields of `samples` in place on up to `threads` threads, with decoders from `decoders`.
-fn decode_batch(stage: &ImageStage, samples: &mut [Sample], threads: usize, decoders: &Mutex<Vec<Decoder>>) {
+/// Decodes the image fields of `samples` in place, on as many threads as decoding slots are free (at least
+/// one, waiting for it), with decoders kept in `shared`. Fails only when the pool is cancelled.
+fn decode_batch(stage: &ImageStage, samples: &mut [Sample], shared: &Shared) -> Result<(), Closed> {
     let jobs: Vec<Mutex<(&str, &str, &mut Value)>> = samples
         .iter_mut()
         .flat_map(|Sample { key, fields, .. }| {
@@ -585,8 +591,15 @@ fn decode_batch(stage: &ImageStage, samples: &mut [Sample], threads: usize, deco
                 .map(move |(field, value)| Mutex::new((key, field.as_str(), value)))
         })
         .collect();
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let slots = shared.decode_slots.acquire(jobs.len(), &shared.cancel).ok_or(Closed)?;
+    let decoders = &shared.decoders;
     let next = AtomicUsize::new(0);
-    let run = || {
+    // Each thread gives its slot back as soon as the batch has no job left for it, so another shard's
+    // reader can start decoding while the last images of this batch finish.
+    let run = |slot: Slot<'_>| {
         let mut taken = decoders.lock().map(|mut kept| kept.pop()).unwrap_or_else(|e| e.into_inner().pop());
         let decoder = taken.get_or_insert_with(Decoder::new);
         while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
@@ -596,19 +609,22 @@ fn decode_batch(stage: &ImageStage, samples: &mut [Sample], threads: usize, deco
                 **value = stage.decode(decoder, key, field, data);
             }
         }
-        // Kept for twice the threads that decode one batch (two shards are often decoded side by side); the
-        // rare extra ones are freed.
+        drop(slot);
+        // Kept for twice the threads (two shards are often decoded side by side); the rare extra ones are
+        // freed.
         if let (Some(decoder), Ok(mut kept)) = (taken.take(), decoders.lock()) {
-            if kept.len() < 2 * threads {
+            if kept.len() < 2 * shared.config.thread_count() {
                 kept.push(decoder);
             }
         }
     };
-    let helpers = threads.min(jobs.len()).saturating_sub(1);
+    let mut slots = slots;
+    let own = slots.pop().expect("acquire grants at least one slot");
     thread::scope(|scope| {
-        for _ in 0..helpers {
-            scope.spawn(run);
+        for slot in slots {
+            scope.spawn(|| run(slot));
         }
-        run();
+        run(own);
     });
+    Ok(())
 }
