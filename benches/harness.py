@@ -1,6 +1,7 @@
 """The fastwds benchmark: fastwds beside webdataset 1.0.2 and the machine's own limits, on the same shards.
 
-    python benches/harness.py [--quick] [--data DIR] [--only NAME,...] [--skip NAME,...] [--json FILE]
+    python benches/harness.py [--quick] [--data DIR] [--only NAME,...] [--skip NAME,...] [--rounds N]
+                                [--json FILE]
 
 Makes (or reuses) the sample datasets, runs every configuration in a fresh process with the page cache warm,
 and prints one markdown table to stdout (progress goes to stderr). See benches/README.md for what each row
@@ -282,6 +283,23 @@ def add_rates(results: dict[Row, dict[str, Any]]) -> None:
             result["ratio"] = result["samples_s"] / base
 
 
+def median_run(row_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row's run with the median rate over its rounds (the lower middle one of an even count), carrying
+    every round's samples/s as `round_rates`; a row that failed in any round is reported as that failure."""
+    failed = [r for r in row_runs if r.get("status") != "ok"]
+    if failed:
+        return failed[0]
+
+    def rate(run: dict[str, Any]) -> float:
+        return run["samples"] / run["seconds"] if run["seconds"] > 0 else 0.0
+
+    ordered = sorted(row_runs, key=rate)
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    if len(row_runs) > 1:
+        chosen["round_rates"] = [rate(r) for r in row_runs]
+    return chosen
+
+
 def scaling_line(results: dict[Row, dict[str, Any]]) -> str | None:
     """Native decoding's images/s per core and its scaling from 1 to 2 reader threads, when both ran."""
     one = next((r for row, r in results.items() if row.reader == "fastwds-core-t1"), None)
@@ -334,9 +352,12 @@ def render_table(results: dict[Row, dict[str, Any]]) -> str:
                 if result.get("workers_peak_rss_mb"):
                     rss += f", worker {_fmt(result['workers_peak_rss_mb'])}"
             ratio = result.get("ratio")
+            rate = _fmt(result["samples_s"])
+            if result.get("round_rates"):
+                rate += f" ({_fmt(min(result['round_rates']))}-{_fmt(max(result['round_rates']))})"
             cells += [
                 samples,
-                _fmt(result["samples_s"]),
+                rate,
                 _fmt(result.get("us_per_sample"), 2),
                 _fmt(result["mb_s"], 1 if result["mb_s"] < 100 else 0),
                 f"{ratio:.2f}x" if ratio is not None else "",
@@ -422,6 +443,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--budget", type=float, help="seconds after which a read stops at the next shard boundary"
     )
     parser.add_argument("--min-time", type=float, help="repeat shorter passes until this many seconds")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every row this many times, all rows once per round, and report each row's median run",
+    )
     return parser.parse_args(argv)
 
 
@@ -446,29 +473,35 @@ def main(argv: list[str] | None = None) -> int:
         name: datasets.ensure_dataset(name, args.data, scale, log)
         for name in dict.fromkeys(r.dataset for r in rows)
     }
-    results: dict[Row, dict[str, Any]] = {}
-    for number, row in enumerate(rows, 1):
-        data = made[row.dataset]
-        shards = WRITE_SHARDS if row.workload == "write" else None
-        config = {
-            "reader": row.reader,
-            "workload": row.workload,
-            "paths": data.paths[row.format][:shards],
-            "sizes": data.sizes[row.format][:shards],
-            "write_dir": str(data.directory),
-            "samples_per_shard": data.samples_per_shard,
-            "fields": TUPLE_FIELDS[row.dataset],
-            "budget": row_budget(row, budget),
-            "min_time": min_time,
-        }
-        log(f"[{number}/{len(rows)}] {row.ident} ...")
-        # Generous: a pass stops at the shard boundary after `budget`, which may be one long shard later.
-        result = measure.run_config(config, timeout=3 * budget + 300)
-        results[row] = result
-        if result.get("status") == "ok":
-            log(f"    {result['samples']:,} samples in {result['seconds']:.2f} s")
-        else:
-            log(f"    {result.get('status')}: {result.get('error')}")
+    rounds = max(1, args.rounds)
+    runs: dict[Row, list[dict[str, Any]]] = {row: [] for row in rows}
+    # Rows of one round run back to back, so that rows compared with each other (fastwds and DALI, say) see
+    # the same state of a shared machine in every round.
+    for round_number in range(1, rounds + 1):
+        for number, row in enumerate(rows, 1):
+            data = made[row.dataset]
+            shards = WRITE_SHARDS if row.workload == "write" else None
+            config = {
+                "reader": row.reader,
+                "workload": row.workload,
+                "paths": data.paths[row.format][:shards],
+                "sizes": data.sizes[row.format][:shards],
+                "write_dir": str(data.directory),
+                "samples_per_shard": data.samples_per_shard,
+                "fields": TUPLE_FIELDS[row.dataset],
+                "budget": row_budget(row, budget),
+                "min_time": min_time,
+            }
+            where = f"round {round_number}/{rounds}, " if rounds > 1 else ""
+            log(f"[{where}{number}/{len(rows)}] {row.ident} ...")
+            # Generous: a pass stops at the shard boundary after `budget`, which may be one long shard later.
+            result = measure.run_config(config, timeout=3 * budget + 300)
+            runs[row].append(result)
+            if result.get("status") == "ok":
+                log(f"    {result['samples']:,} samples in {result['seconds']:.2f} s")
+            else:
+                log(f"    {result.get('status')}: {result.get('error')}")
+    results = {row: median_run(row_runs) for row, row_runs in runs.items()}
     add_rates(results)
     for row, result in results.items():
         result["targets"] = targets_for(row, result, results)
@@ -483,7 +516,12 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line(info))
     print(
         f"Date: {date}; datasets at scale {scale:g} ({'quick' if scale != 1.0 else 'full'}); "
-        f"budget {budget:g} s per pass, passes repeated up to {min_time:g} s."
+        f"budget {budget:g} s per pass, passes repeated up to {min_time:g} s"
+        + (
+            f"; {rounds} rounds, each row's median round shown (samples/s: median (lowest-highest))."
+            if rounds > 1
+            else "."
+        )
     )
     if args.json:
         raw = {
@@ -492,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             "scale": scale,
             "budget": budget,
             "min_time": min_time,
+            "rounds": rounds,
             "datasets": {name: datasets.describe(d) for name, d in made.items()},
             "rows": [
                 {"dataset": r.dataset, "format": r.format, "workload": r.workload, "reader": r.reader}

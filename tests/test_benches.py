@@ -205,3 +205,43 @@ def test_quick_harness_prints_every_row_and_fastwds_counts_match_webdataset(tmp_
         scaling = next(line for line in proc.stdout.splitlines() if line.startswith("Native decode"))
         assert f"{per_core[0]['samples_s']:,.0f} images/s on 1 thread" in scaling
         assert f"{per_core[1]['samples_s'] / per_core[0]['samples_s']:.2f}x" in scaling
+
+
+def test_rounds_report_each_rows_median_run_and_the_spread(tmp_path: Path) -> None:
+    core = pytest.importorskip("fastwds._core")
+    results = tmp_path / "results.json"
+    package_root = Path(core.__file__).resolve().parent.parent
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(package_root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    command = [sys.executable, str(BENCHES / "harness.py"), "--quick", "--scale", "0.002", "--min-time", "0"]
+    command += ["--data", str(tmp_path / "data"), "--json", str(results)]
+    command += ["--only", "tiny,tar,raw,cat,fastwds-core", "--rounds", "3"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("[round 3/3, ") == 2, proc.stderr
+
+    raw = json.loads(results.read_text())
+    assert raw["rounds"] == 3
+    rows = {r["reader"]: r for r in raw["rows"]}
+    assert set(rows) == {"cat", "fastwds-core"}
+    table = {
+        line.split("|")[4].strip(): line for line in proc.stdout.splitlines() if line.startswith("| tiny")
+    }
+    for reader, row in rows.items():
+        rates = row["round_rates"]
+        assert len(rates) == 3
+        assert row["samples_s"] == pytest.approx(sorted(rates)[1])
+        cell = f"{row['samples_s']:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
+        assert cell in table["cat > /dev/null" if reader == "cat" else "fastwds.ShardReader"]
+    assert "3 rounds, each row's median round shown" in proc.stdout
+
+
+def test_median_run_is_the_middle_rate_and_a_failure_wins() -> None:
+    harness = _load("harness")
+    runs = [{"status": "ok", "samples": 100, "seconds": s} for s in (1.0, 4.0, 2.0, 3.0)]
+    chosen = harness.median_run(runs)
+    assert chosen["seconds"] == 3.0  # rates 100, 25, 50, 33: the lower middle of four is 33
+    assert chosen["round_rates"] == [100.0, 25.0, 50.0, pytest.approx(33.33, abs=0.01)]
+    failed = {"status": "error", "error": "boom"}
+    assert harness.median_run([runs[0], failed, runs[1]]) is failed
+    assert "round_rates" not in harness.median_run(runs[:1])
