@@ -2,7 +2,7 @@
 # fastwds developer entry point.
 #   scripts/dev.sh demo   build, then run the benchmark harness on its built-in sample datasets (quick size)
 #   scripts/dev.sh test   build, then every check CI runs: rustfmt, clippy, cargo tests, ruff, pytest, wheel
-#   scripts/dev.sh bench  build, then the full benchmark harness (several minutes)
+#   scripts/dev.sh bench  build, add torchvision and DALI, then the full benchmark harness (several minutes)
 #   scripts/dev.sh build  create/update the venv and build the extension into it
 # The venv lives outside the checkout (torch is several GB) and is reused when present:
 # FASTWDS_VENV overrides its place.
@@ -51,6 +51,21 @@ ensure_venv() {
     fi
 }
 
+ensure_bench_extras() {
+    # Optional: a failed install leaves their rows n/a instead of stopping the benchmark.
+    local stamp="$VENV/.fastwds-bench-requirements"
+    if ! cmp -s requirements-bench.txt "$stamp"; then
+        step "installing the benchmark's optional comparisons (torchvision, NVIDIA DALI)"
+        local torch
+        torch=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
+        if "$PY" -m pip install -q -r requirements-bench.txt "torch==$torch"; then
+            cp requirements-bench.txt "$stamp"
+        else
+            echo "warning: could not install requirements-bench.txt; the harness prints those rows as n/a" >&2
+        fi
+    fi
+}
+
 build() {
     ensure_toolchain
     ensure_build_tools
@@ -83,6 +98,7 @@ case "$cmd" in
         ;;
     bench)
         build
+        ensure_bench_extras
         "$PY" benches/harness.py "${@:2}"
         ;;
     test)
