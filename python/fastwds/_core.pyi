@@ -36,7 +36,8 @@ class ShardReader:
     configuration.
 
     - `shards`: an iterable of shards, pulled lazily (it may be an endless generator).
-    - `threads`: reader threads (0 = min(4, cores)); `prefetch`: shards read ahead at once (0 = threads + 1).
+    - `threads`: reader threads (0 = min(4, cores)), and the most images decoded at once with `images`;
+      `prefetch`: shards read ahead at once (0 = threads + 1).
     - `ordered`: True yields shard by shard in the given order; False yields whatever is ready first.
     - `buffer_bytes` / `buffer_samples`: bound on the samples held between the threads and Python.
     - `fields`: field names to keep (others are skipped in Rust, never copied); None keeps all.
