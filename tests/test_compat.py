@@ -92,6 +92,34 @@ def test_same_samples_as_reference_on_every_writer(shard_factory):
         assert len(ours) == 6
 
 
+def test_reader_options_keep_the_samples_and_their_order(shard_factory):
+    urls = shard_factory(nshards=3, per_shard=4)
+    expected = list(wds.WebDataset(urls, shardshuffle=False))
+    # A buffer smaller than one sample and one thread: the reader waits on the consumer at every sample.
+    options = dict(threads=1, prefetch=1, buffer_bytes=1, buffer_samples=1)
+    tuned = list(wds.WebDataset(urls, shardshuffle=False, reader_options=options))
+    assert_same_list(tuned, expected)
+    decoded = (
+        wds.WebDataset(urls, shardshuffle=False, reader_options=options).decode().to_tuple("__key__", "cls")
+    )
+    assert list(decoded) == [(s["__key__"], int(s["cls"])) for s in expected]
+
+
+def test_reader_options_unordered_yields_the_shard_ready_first(shard_factory):
+    slow, fast = shard_factory(nshards=2, per_shard=3)
+    urls = [f"pipe:sleep 1; cat {slow}", fast]
+    fast_keys = keys(wds.WebDataset([fast], shardshuffle=False))
+    slow_keys = keys(wds.WebDataset([slow], shardshuffle=False))
+    assert keys(wds.WebDataset(urls, shardshuffle=False)) == slow_keys + fast_keys
+    unordered = keys(wds.WebDataset(urls, shardshuffle=False, reader_options={"ordered": False}))
+    assert unordered == fast_keys + slow_keys
+
+
+def test_unknown_reader_options_are_refused_at_construction(shards):
+    with pytest.raises(TypeError, match=r"reader_options: unknown 'handler', 'threadz' \(known: threads,"):
+        wds.WebDataset(shards, shardshuffle=False, reader_options={"threadz": 2, "handler": None})
+
+
 def test_shard_shuffle_first_epoch_is_the_reference_order(shard_factory):
     urls = shard_factory(nshards=8, per_shard=2)
     ours = wds.WebDataset(urls, shardshuffle=8, seed=17)
@@ -301,7 +329,9 @@ def test_signatures_match_reference():
 
     ours = inspect.signature(wds.WebDataset.__init__).parameters
     ref = inspect.signature(webdataset.WebDataset.__init__).parameters
-    assert list(ours) == list(ref)
+    # The reference's parameters in its order, then fastwds's own, keyword-only so no call can shift.
+    assert list(ours) == [*ref, "reader_options"]
+    assert ours["reader_options"].kind is inspect.Parameter.KEYWORD_ONLY
     for name, param in ref.items():
         if not callable(param.default):
             assert ours[name].default == param.default, name

@@ -218,6 +218,10 @@ class WebDataset(DataPipeline, FluidInterface):
     epoch a different, reproducible one (webdataset repeats the first order forever). Without a seed every
     epoch is shuffled afresh. With non-persistent DataLoader workers each epoch starts from a fresh copy of
     the dataset: call `set_epoch(e)` before each epoch to get a new order there.
+
+    `reader_options` (fastwds only) tune the core's `ShardReader`: `threads`, `prefetch`, `buffer_bytes`,
+    `buffer_samples`, and `ordered=False` to yield samples of the shards in flight as they are ready instead
+    of shard by shard.
     """
 
     def __init__(
@@ -239,6 +243,8 @@ class WebDataset(DataPipeline, FluidInterface):
         empty_check: bool = True,
         verbose: bool = False,
         seed: Any = None,
+        *,
+        reader_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if resampled:
@@ -286,7 +292,11 @@ class WebDataset(DataPipeline, FluidInterface):
             )
         self.append(
             ShardSamples(
-                handler=handler, select_files=select_files, rename_files=rename_files, empty_check=empty_check
+                handler=handler,
+                select_files=select_files,
+                rename_files=rename_files,
+                empty_check=empty_check,
+                reader_options=reader_options,
             )
         )
 

@@ -197,6 +197,21 @@ def reader_threads() -> int:
     return max(1, cores // info.num_workers)
 
 
+# The `ShardReader` settings a pipeline leaves to its user; the pipeline sets the others itself.
+READER_OPTIONS = ("threads", "prefetch", "ordered", "buffer_bytes", "buffer_samples")
+
+
+def _checked_reader_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of `options`, or TypeError naming any key that is not one of `READER_OPTIONS`."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(READER_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"reader_options: unknown {', '.join(map(repr, unknown))} (known: {', '.join(READER_OPTIONS)})"
+        )
+    return options
+
+
 def _reader(
     feed: _ShardFeed,
     handler: Handler | None,
@@ -254,6 +269,7 @@ class ShardSamples:
 
     `images` (the core's `images=` options, see `fastwds.images`) decodes image fields on the reader threads;
     each pass is an epoch for their random crops (`epoch` is the last pass; `set_epoch` in `WebDataset`).
+    `reader_options` go to the core's `ShardReader` (see `READER_OPTIONS`).
     """
 
     def __init__(
@@ -264,6 +280,7 @@ class ShardSamples:
         empty_check: bool = True,
         local_paths: bool = True,
         images: dict[str, Any] | None = None,
+        reader_options: dict[str, Any] | None = None,
     ) -> None:
         self.handler = handler
         self.select_files = select_files
@@ -271,6 +288,7 @@ class ShardSamples:
         self.empty_check = empty_check
         self.local_paths = local_paths
         self.images = images
+        self.reader_options = _checked_reader_options(reader_options)
         self.epoch = -1
 
     def __call__(self, src: Iterable[Any]) -> Iterator[dict[str, Any]]:
@@ -280,7 +298,11 @@ class ShardSamples:
         )
         self.epoch += 1
         images = None if self.images is None else {**self.images, "epoch": self.epoch % 2**64}
-        samples = iter(_reader(feed, self.handler, self.select_files, self.rename_files, images=images))
+        samples = iter(
+            _reader(
+                feed, self.handler, self.select_files, self.rename_files, images=images, **self.reader_options
+            )
+        )
         count = 0
         try:
             paths = feed.local_paths
