@@ -92,7 +92,9 @@ def test_imagenet_like_samples_are_real_jpegs_with_labels(tmp_path: Path) -> Non
     assert b"mtime=1700000000.5" in Path(made.paths["tar"][0]).read_bytes()[:1536]
 
 
-def test_quick_harness_prints_every_row_and_fastwds_counts_match_webdataset(tmp_path: Path) -> None:
+def _run_harness(tmp_path: Path, *args: str, timeout: float) -> tuple[subprocess.CompletedProcess, Path]:
+    """Runs the harness at a tiny scale with datasets and results under `tmp_path`; returns the finished
+    process and the path of its JSON results."""
     core = pytest.importorskip("fastwds._core")
     results = tmp_path / "results.json"
     # The harness's children must import the very fastwds this test imports (installed or source tree).
@@ -100,11 +102,15 @@ def test_quick_harness_prints_every_row_and_fastwds_counts_match_webdataset(tmp_
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(package_root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     command = [sys.executable, str(BENCHES / "harness.py"), "--quick", "--scale", "0.002", "--min-time", "0"]
-    # DALI's rows are left out: it is optional, and its start-up alone would double this test's time.
-    command += ["--data", str(tmp_path / "data"), "--json", str(results), "--only", "tiny,imagenet"]
-    command += ["--skip", "dali"]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=270, env=env)
+    command += ["--data", str(tmp_path / "data"), "--json", str(results), *args]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr
+    return proc, results
+
+
+def test_quick_harness_prints_every_row_and_fastwds_counts_match_webdataset(tmp_path: Path) -> None:
+    # DALI's rows are left out: it is optional, and its start-up alone would double this test's time.
+    proc, results = _run_harness(tmp_path, "--only", "tiny,imagenet", "--skip", "dali", timeout=270)
 
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table]
@@ -208,16 +214,8 @@ def test_quick_harness_prints_every_row_and_fastwds_counts_match_webdataset(tmp_
 
 
 def test_rounds_report_each_rows_median_run_and_the_spread(tmp_path: Path) -> None:
-    core = pytest.importorskip("fastwds._core")
-    results = tmp_path / "results.json"
-    package_root = Path(core.__file__).resolve().parent.parent
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(package_root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    command = [sys.executable, str(BENCHES / "harness.py"), "--quick", "--scale", "0.002", "--min-time", "0"]
-    command += ["--data", str(tmp_path / "data"), "--json", str(results)]
-    command += ["--only", "tiny,tar,raw,cat,fastwds-core", "--rounds", "3"]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 0, proc.stderr
+    only = ("--only", "tiny,tar,raw,cat,fastwds-core")
+    proc, results = _run_harness(tmp_path, *only, "--rounds", "3", timeout=120)
     assert proc.stderr.count("[round 3/3, ") == 2, proc.stderr
 
     raw = json.loads(results.read_text())
