@@ -191,8 +191,9 @@ struct Shared {
     http: ureq::Agent,
     running: AtomicUsize,
     exited: (Mutex<()>, Condvar),
-    /// Image decoders between batches. Each keeps its scratch image and resize buffers; a fresh one per batch
-    /// had the kernel map and zero those pages again for every batch (a tenth of the crop pipeline's time).
+    /// Image decoders between batches, at most one per decoding slot. Each keeps its scratch image and resize
+    /// buffers; a fresh one per batch had the kernel map and zero those pages again for every batch (a tenth
+    /// of the crop pipeline's time).
     decoders: Mutex<Vec<Decoder>>,
     /// `threads` slots: the images decoded at once, over every shard in flight.
     decode_slots: DecodeSlots,
@@ -594,7 +595,7 @@ fn decode_batch(stage: &ImageStage, samples: &mut [Sample], shared: &Shared) -> 
     if jobs.is_empty() {
         return Ok(());
     }
-    let slots = shared.decode_slots.acquire(jobs.len(), &shared.cancel).ok_or(Closed)?;
+    let mut slots = shared.decode_slots.acquire(jobs.len(), &shared.cancel).ok_or(Closed)?;
     let decoders = &shared.decoders;
     let next = AtomicUsize::new(0);
     // Each thread gives its slot back as soon as the batch has no job left for it, so another shard's
@@ -609,16 +610,12 @@ fn decode_batch(stage: &ImageStage, samples: &mut [Sample], shared: &Shared) -> 
                 **value = stage.decode(decoder, key, field, data);
             }
         }
-        drop(slot);
-        // Kept for twice the threads (two shards are often decoded side by side); the rare extra ones are
-        // freed.
+        // Given back while the slot is still held, so no more decoders exist than slots and all are kept.
         if let (Some(decoder), Ok(mut kept)) = (taken.take(), decoders.lock()) {
-            if kept.len() < 2 * shared.config.thread_count() {
-                kept.push(decoder);
-            }
+            kept.push(decoder);
         }
+        drop(slot);
     };
-    let mut slots = slots;
     let own = slots.pop().expect("acquire grants at least one slot");
     thread::scope(|scope| {
         for slot in slots {
