@@ -473,29 +473,31 @@ def main(argv: list[str] | None = None) -> int:
         name: datasets.ensure_dataset(name, args.data, scale, log)
         for name in dict.fromkeys(r.dataset for r in rows)
     }
+    configs = {}
+    for row in rows:
+        data = made[row.dataset]
+        shards = WRITE_SHARDS if row.workload == "write" else None
+        configs[row] = {
+            "reader": row.reader,
+            "workload": row.workload,
+            "paths": data.paths[row.format][:shards],
+            "sizes": data.sizes[row.format][:shards],
+            "write_dir": str(data.directory),
+            "samples_per_shard": data.samples_per_shard,
+            "fields": TUPLE_FIELDS[row.dataset],
+            "budget": row_budget(row, budget),
+            "min_time": min_time,
+        }
     rounds = max(1, args.rounds)
     runs: dict[Row, list[dict[str, Any]]] = {row: [] for row in rows}
     # Rows of one round run back to back, so that rows compared with each other (fastwds and DALI, say) see
     # the same state of a shared machine in every round.
     for round_number in range(1, rounds + 1):
         for number, row in enumerate(rows, 1):
-            data = made[row.dataset]
-            shards = WRITE_SHARDS if row.workload == "write" else None
-            config = {
-                "reader": row.reader,
-                "workload": row.workload,
-                "paths": data.paths[row.format][:shards],
-                "sizes": data.sizes[row.format][:shards],
-                "write_dir": str(data.directory),
-                "samples_per_shard": data.samples_per_shard,
-                "fields": TUPLE_FIELDS[row.dataset],
-                "budget": row_budget(row, budget),
-                "min_time": min_time,
-            }
             where = f"round {round_number}/{rounds}, " if rounds > 1 else ""
             log(f"[{where}{number}/{len(rows)}] {row.ident} ...")
             # Generous: a pass stops at the shard boundary after `budget`, which may be one long shard later.
-            result = measure.run_config(config, timeout=3 * budget + 300)
+            result = measure.run_config(configs[row], timeout=3 * budget + 300)
             runs[row].append(result)
             if result.get("status") == "ok":
                 log(f"    {result['samples']:,} samples in {result['seconds']:.2f} s")
