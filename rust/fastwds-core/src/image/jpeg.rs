@@ -14,6 +14,21 @@ use turbojpeg::raw;
 use super::convert;
 use super::{ImageError, ImageErrorKind, Mode, Pixels};
 
+extern "C" {
+    /// Scans set up by fastwds's Huffman decoder, `csrc/jdhuff.c` (see build.rs).
+    fn fastwds_fast_ac_scans() -> std::ffi::c_ulong;
+}
+
+/// How many sequential scans this process has decoded with fastwds's Huffman decoder (`csrc/jdhuff.c`,
+/// libjpeg-turbo's own with a faster AC path): non-zero after any baseline JPEG, which shows that file is the
+/// decoder libjpeg-turbo runs.
+#[cfg(test)]
+#[allow(clippy::useless_conversion)] // c_ulong is u32 on some targets
+fn fast_huffman_scans() -> u64 {
+    // SAFETY: reads an atomic counter; no arguments.
+    u64::from(unsafe { fastwds_fast_ac_scans() })
+}
+
 /// What the frame header (SOFn) says: the size, and the largest horizontal sampling factor of the components.
 #[derive(Debug)]
 struct Frame {
@@ -253,6 +268,8 @@ impl Drop for JpegDecoder {
 
 impl JpegDecoder {
     pub fn new() -> Result<Self, ImageError> {
+        // The reference makes the linker take csrc/jdhuff.c from this crate before libjpeg-turbo's copy.
+        std::hint::black_box(fastwds_fast_ac_scans as unsafe extern "C" fn() -> std::ffi::c_ulong);
         // SAFETY: plain constructor; a null return is handled.
         let handle = unsafe { raw::tj3Init(raw::TJINIT_TJINIT_DECOMPRESS as c_int) };
         if handle.is_null() {
@@ -458,5 +475,89 @@ mod tests {
         assert_eq!(frame(&data[..7]).unwrap_err().kind, ImageErrorKind::Truncated);
         let no_frame = [0xFF, 0xD8, 0xFF, 0xD9];
         assert_eq!(frame(&no_frame).unwrap_err().kind, ImageErrorKind::Corrupt);
+    }
+}
+
+#[cfg(test)]
+mod huffman_tests {
+    //! `csrc/jdhuff.c` decodes sequential (baseline) scans; libjpeg-turbo's untouched `jdphuff.c` decodes
+    //! progressive ones. The same pixels compressed both ways have the same quantized coefficients, so the two
+    //! decodes must agree to the last pixel: over table sizes (optimized tables have long codes), coefficient
+    //! sizes (quality 100 and noise give values too large for the fast table), zero runs, restart markers and
+    //! sampling modes.
+
+    use super::*;
+
+    /// Pixels of gradients plus noise of `noise` amplitude, as TurboJPEG compresses them with these settings.
+    fn compress(size: (usize, usize), subsamp: raw::TJSAMP, quality: c_int, noise: u32, flags: [c_int; 3]) -> Vec<u8> {
+        let [progressive, optimize, restart_blocks] = flags;
+        let (width, height) = size;
+        let gray = subsamp == raw::TJSAMP_TJSAMP_GRAY;
+        let channels = if gray { 1 } else { 3 };
+        let mut state = 0x2545_F491_u32;
+        let pixels: Vec<u8> = (0..width * height * channels)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                let (x, y, c) = ((i / channels) % width, (i / channels) / width, i % channels);
+                let smooth = x * 200 / width + (y * (c + 2)) % 56;
+                ((smooth as u32 + state % (noise + 1)) % 256) as u8
+            })
+            .collect();
+        let format = if gray { raw::TJPF_TJPF_GRAY } else { raw::TJPF_TJPF_RGB };
+        // SAFETY: a compressor handle used and destroyed here; TurboJPEG allocates the output, freed below.
+        unsafe {
+            let handle = raw::tj3Init(raw::TJINIT_TJINIT_COMPRESS as c_int);
+            assert!(!handle.is_null());
+            for (param, value) in [
+                (raw::TJPARAM_TJPARAM_QUALITY, quality),
+                (raw::TJPARAM_TJPARAM_SUBSAMP, subsamp as c_int),
+                (raw::TJPARAM_TJPARAM_PROGRESSIVE, progressive),
+                (raw::TJPARAM_TJPARAM_OPTIMIZE, optimize),
+                (raw::TJPARAM_TJPARAM_RESTARTBLOCKS, restart_blocks),
+            ] {
+                assert_eq!(raw::tj3Set(handle, param as c_int, value), 0);
+            }
+            let mut buf: *mut u8 = std::ptr::null_mut();
+            let mut len: raw::size_t = 0;
+            let (w, h, pitch) = (width as c_int, height as c_int, (width * channels) as c_int);
+            let rc = raw::tj3Compress8(handle, pixels.as_ptr(), w, pitch, h, format as c_int, &mut buf, &mut len);
+            assert_eq!(rc, 0);
+            let out = std::slice::from_raw_parts(buf, len as usize).to_vec();
+            raw::tj3Free(buf.cast());
+            raw::tj3Destroy(handle);
+            out
+        }
+    }
+
+    fn decode_all(data: &[u8], mode: Mode) -> Vec<u8> {
+        let mut decoder = JpegDecoder::new().unwrap();
+        let header = decoder.header(data).unwrap();
+        decoder.decode(data, &header, 1, mode, u64::MAX).unwrap().data
+    }
+
+    #[test]
+    fn baseline_decodes_as_its_progressive_twin() {
+        let before = fast_huffman_scans();
+        let sampling =
+            [raw::TJSAMP_TJSAMP_420, raw::TJSAMP_TJSAMP_444, raw::TJSAMP_TJSAMP_422, raw::TJSAMP_TJSAMP_GRAY];
+        let mut cases = 0;
+        for (i, &subsamp) in sampling.iter().enumerate() {
+            for (quality, noise) in [(50, 8), (90, 40), (95, 255), (100, 255), (100, 3)] {
+                for (optimize, restart_blocks) in [(0, 0), (1, 0), (0, 7), (1, 1)] {
+                    let size = (67 + 16 * i, 45 + 8 * (quality as usize % 7));
+                    let mode = if subsamp == raw::TJSAMP_TJSAMP_GRAY { Mode::L } else { Mode::Rgb };
+                    let baseline = compress(size, subsamp, quality, noise, [0, optimize, restart_blocks]);
+                    let progressive = compress(size, subsamp, quality, noise, [1, optimize, restart_blocks]);
+                    let what = format!("sampling {subsamp}, quality {quality}, noise {noise}, optimize {optimize}, restart {restart_blocks}");
+                    assert_ne!(baseline, progressive, "{what}");
+                    assert!(decode_all(&baseline, mode) == decode_all(&progressive, mode), "pixels differ: {what}");
+                    cases += 1;
+                }
+            }
+        }
+        // Every baseline image above ran csrc/jdhuff.c: one scan each at least (other tests may add more).
+        assert!(fast_huffman_scans() >= before + cases, "csrc/jdhuff.c is not the Huffman decoder linked");
     }
 }
