@@ -17,6 +17,18 @@ use std::path::{Path, PathBuf};
 fn main() {
     println!("cargo:rerun-if-changed=csrc/jdhuff.c");
     println!("cargo:rerun-if-changed=build.rs");
+    // Our jdhuff.c can only take the place of libjpeg-turbo's inside a static libjpeg-turbo built from
+    // turbojpeg-sys's vendored source; a shared or system library would keep its own, silently.
+    for var in ["TURBOJPEG_SOURCE", "TURBOJPEG_DYNAMIC", "TURBOJPEG_SHARED", "TURBOJPEG_STATIC"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let setting = |var: &str| env::var(var).unwrap_or_default().to_ascii_lowercase();
+    if !matches!(setting("TURBOJPEG_SOURCE").as_str(), "" | "vendor")
+        || matches!(setting("TURBOJPEG_DYNAMIC").as_str(), "1" | "true" | "yes")
+        || matches!(setting("TURBOJPEG_SHARED").as_str(), "1" | "true" | "yes")
+    {
+        fail("fastwds-core links libjpeg-turbo statically from turbojpeg-sys's vendored source: unset TURBOJPEG_SOURCE, TURBOJPEG_DYNAMIC and TURBOJPEG_SHARED");
+    }
     let include = match env::var("DEP_TURBOJPEG_INCLUDE") {
         Ok(paths) => PathBuf::from(paths.split(',').next().unwrap_or_default()),
         Err(_) => fail("turbojpeg-sys did not export its include path (DEP_TURBOJPEG_INCLUDE)"),
