@@ -462,6 +462,47 @@ impl JpegDecoder {
     }
 }
 
+/// A test image: pixel `value(x, y, channel, noise)` for xorshift `noise` from `seed`, compressed by TurboJPEG
+/// with `params` (one channel when TJPARAM_SUBSAMP is grayscale, else RGB).
+#[cfg(test)]
+pub(crate) fn test_jpeg(
+    (width, height): (usize, usize),
+    seed: u32,
+    params: &[(raw::TJPARAM, c_int)],
+    value: impl Fn(usize, usize, usize, u32) -> u8,
+) -> Vec<u8> {
+    let gray_value = raw::TJSAMP_TJSAMP_GRAY as c_int;
+    let gray = params.iter().any(|&(param, v)| param == raw::TJPARAM_TJPARAM_SUBSAMP && v == gray_value);
+    let channels = if gray { 1 } else { 3 };
+    let mut state = seed;
+    let pixels: Vec<u8> = (0..width * height * channels)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            value((i / channels) % width, (i / channels) / width, i % channels, state)
+        })
+        .collect();
+    let format = if gray { raw::TJPF_TJPF_GRAY } else { raw::TJPF_TJPF_RGB };
+    // SAFETY: a compressor handle used and destroyed here; TurboJPEG allocates the output, freed below.
+    unsafe {
+        let handle = raw::tj3Init(raw::TJINIT_TJINIT_COMPRESS as c_int);
+        assert!(!handle.is_null());
+        for &(param, v) in params {
+            assert_eq!(raw::tj3Set(handle, param as c_int, v), 0);
+        }
+        let mut buf: *mut u8 = std::ptr::null_mut();
+        let mut len: raw::size_t = 0;
+        let (w, h, pitch) = (width as c_int, height as c_int, (width * channels) as c_int);
+        let rc = raw::tj3Compress8(handle, pixels.as_ptr(), w, pitch, h, format as c_int, &mut buf, &mut len);
+        assert_eq!(rc, 0);
+        let out = std::slice::from_raw_parts(buf, len as usize).to_vec();
+        raw::tj3Free(buf.cast());
+        raw::tj3Destroy(handle);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,47 +532,20 @@ mod huffman_tests {
     use super::*;
     use turbojpeg::libc::{c_short, c_void};
 
-    /// Pixels of gradients plus noise of `noise` amplitude, as TurboJPEG compresses them with these settings.
+    /// Gradients plus noise of `noise` amplitude, as TurboJPEG compresses them with these settings.
     fn compress(size: (usize, usize), subsamp: raw::TJSAMP, quality: c_int, noise: u32, flags: [c_int; 3]) -> Vec<u8> {
         let [progressive, optimize, restart_blocks] = flags;
-        let (width, height) = size;
-        let gray = subsamp == raw::TJSAMP_TJSAMP_GRAY;
-        let channels = if gray { 1 } else { 3 };
-        let mut state = 0x2545_F491_u32;
-        let pixels: Vec<u8> = (0..width * height * channels)
-            .map(|i| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                let (x, y, c) = ((i / channels) % width, (i / channels) / width, i % channels);
-                let smooth = x * 200 / width + (y * (c + 2)) % 56;
-                ((smooth as u32 + state % (noise + 1)) % 256) as u8
-            })
-            .collect();
-        let format = if gray { raw::TJPF_TJPF_GRAY } else { raw::TJPF_TJPF_RGB };
-        // SAFETY: a compressor handle used and destroyed here; TurboJPEG allocates the output, freed below.
-        unsafe {
-            let handle = raw::tj3Init(raw::TJINIT_TJINIT_COMPRESS as c_int);
-            assert!(!handle.is_null());
-            for (param, value) in [
-                (raw::TJPARAM_TJPARAM_QUALITY, quality),
-                (raw::TJPARAM_TJPARAM_SUBSAMP, subsamp as c_int),
-                (raw::TJPARAM_TJPARAM_PROGRESSIVE, progressive),
-                (raw::TJPARAM_TJPARAM_OPTIMIZE, optimize),
-                (raw::TJPARAM_TJPARAM_RESTARTBLOCKS, restart_blocks),
-            ] {
-                assert_eq!(raw::tj3Set(handle, param as c_int, value), 0);
-            }
-            let mut buf: *mut u8 = std::ptr::null_mut();
-            let mut len: raw::size_t = 0;
-            let (w, h, pitch) = (width as c_int, height as c_int, (width * channels) as c_int);
-            let rc = raw::tj3Compress8(handle, pixels.as_ptr(), w, pitch, h, format as c_int, &mut buf, &mut len);
-            assert_eq!(rc, 0);
-            let out = std::slice::from_raw_parts(buf, len as usize).to_vec();
-            raw::tj3Free(buf.cast());
-            raw::tj3Destroy(handle);
-            out
-        }
+        let params = [
+            (raw::TJPARAM_TJPARAM_QUALITY, quality),
+            (raw::TJPARAM_TJPARAM_SUBSAMP, subsamp as c_int),
+            (raw::TJPARAM_TJPARAM_PROGRESSIVE, progressive),
+            (raw::TJPARAM_TJPARAM_OPTIMIZE, optimize),
+            (raw::TJPARAM_TJPARAM_RESTARTBLOCKS, restart_blocks),
+        ];
+        test_jpeg(size, 0x2545_F491, &params, |x, y, c, state| {
+            let smooth = x * 200 / size.0 + (y * (c + 2)) % 56;
+            ((smooth as u32 + state % (noise + 1)) % 256) as u8
+        })
     }
 
     /// Block rows of DCT coefficients, by component, as `tj3Transform` hands them to a filter.

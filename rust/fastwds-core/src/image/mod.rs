@@ -457,49 +457,15 @@ mod window_tests {
     /// A JPEG of smooth gradients plus noise (so every pixel depends on its neighbours' chroma), compressed
     /// with TurboJPEG's raw API to reach the progressive and restart-interval options.
     fn jpeg(width: usize, height: usize, subsamp: raw::TJSAMP, progressive: bool, restart_blocks: c_int) -> Vec<u8> {
-        let gray = subsamp == raw::TJSAMP_TJSAMP_GRAY;
-        let channels = if gray { 1 } else { 3 };
-        let mut state = 0x9E37_79B9_u32;
-        let pixels: Vec<u8> = (0..width * height * channels)
-            .map(|i| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                let (x, y, c) = ((i / channels) % width, (i / channels) / width, i % channels);
-                ((x * 255 / width + y * 3 * (c + 1) + (state % 48) as usize) % 256) as u8
-            })
-            .collect();
-        let format = if gray { raw::TJPF_TJPF_GRAY } else { raw::TJPF_TJPF_RGB };
-        // SAFETY: a compressor handle used and destroyed here; TurboJPEG allocates the output, freed below.
-        unsafe {
-            let handle = raw::tj3Init(raw::TJINIT_TJINIT_COMPRESS as c_int);
-            assert!(!handle.is_null());
-            for (param, value) in [
-                (raw::TJPARAM_TJPARAM_QUALITY, 90),
-                (raw::TJPARAM_TJPARAM_SUBSAMP, subsamp as c_int),
-                (raw::TJPARAM_TJPARAM_PROGRESSIVE, progressive as c_int),
-                (raw::TJPARAM_TJPARAM_RESTARTBLOCKS, restart_blocks),
-            ] {
-                assert_eq!(raw::tj3Set(handle, param as c_int, value), 0);
-            }
-            let mut buf: *mut u8 = std::ptr::null_mut();
-            let mut size: raw::size_t = 0;
-            let rc = raw::tj3Compress8(
-                handle,
-                pixels.as_ptr(),
-                width as c_int,
-                (width * channels) as c_int,
-                height as c_int,
-                format as c_int,
-                &mut buf,
-                &mut size,
-            );
-            assert_eq!(rc, 0);
-            let out = std::slice::from_raw_parts(buf, size as usize).to_vec();
-            raw::tj3Free(buf.cast());
-            raw::tj3Destroy(handle);
-            out
-        }
+        let params = [
+            (raw::TJPARAM_TJPARAM_QUALITY, 90),
+            (raw::TJPARAM_TJPARAM_SUBSAMP, subsamp as c_int),
+            (raw::TJPARAM_TJPARAM_PROGRESSIVE, progressive as c_int),
+            (raw::TJPARAM_TJPARAM_RESTARTBLOCKS, restart_blocks),
+        ];
+        jpeg::test_jpeg((width, height), 0x9E37_79B9, &params, |x, y, c, state| {
+            ((x * 255 / width + y * 3 * (c + 1) + (state % 48) as usize) % 256) as u8
+        })
     }
 
     /// The same transform with the whole image decoded first (the path without windows).
