@@ -8,34 +8,37 @@
 //!
 //! The file includes libjpeg-turbo's private headers: the source tree and generated configuration of the
 //! exact libjpeg-turbo that turbojpeg-sys built (its version is pinned in Cargo.toml), found through the
-//! `include` path it exports and the CMake cache beside it.
+//! `include` path it exports and the CMake cache beside it, which also tells whether that build is static.
 
 use std::env;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/jdhuff.c");
     println!("cargo:rerun-if-changed=build.rs");
-    // Our jdhuff.c can only take the place of libjpeg-turbo's inside a static libjpeg-turbo built from
-    // turbojpeg-sys's vendored source; a shared or system library would keep its own, silently.
-    for var in ["TURBOJPEG_SOURCE", "TURBOJPEG_DYNAMIC", "TURBOJPEG_SHARED", "TURBOJPEG_STATIC"] {
-        println!("cargo:rerun-if-env-changed={var}");
-    }
-    let setting = |var: &str| env::var(var).unwrap_or_default().to_ascii_lowercase();
-    if !matches!(setting("TURBOJPEG_SOURCE").as_str(), "" | "vendor")
-        || matches!(setting("TURBOJPEG_DYNAMIC").as_str(), "1" | "true" | "yes")
-        || matches!(setting("TURBOJPEG_SHARED").as_str(), "1" | "true" | "yes")
-    {
-        fail("fastwds-core links libjpeg-turbo statically from turbojpeg-sys's vendored source: unset TURBOJPEG_SOURCE, TURBOJPEG_DYNAMIC and TURBOJPEG_SHARED");
-    }
     let include = match env::var("DEP_TURBOJPEG_INCLUDE") {
         Ok(paths) => PathBuf::from(paths.split(',').next().unwrap_or_default()),
         Err(_) => fail("turbojpeg-sys did not export its include path (DEP_TURBOJPEG_INCLUDE)"),
     };
     // turbojpeg-sys runs CMake with its install prefix at OUT_DIR and its build tree at OUT_DIR/build.
     let build = include.parent().map(|out| out.join("build")).unwrap_or_default();
-    let source = libjpeg_source_dir(&build.join("CMakeCache.txt")).join("src");
+    let cache_path = build.join("CMakeCache.txt");
+    println!("cargo:rerun-if-changed={}", cache_path.display());
+    // Only there, and only linked statically, does our jdhuff.c take the place of libjpeg-turbo's own; a shared
+    // or system libjpeg-turbo would keep its copy, silently. What turbojpeg-sys built (from its TURBOJPEG_*
+    // settings) is what its CMake cache says.
+    let needs = "fastwds-core needs turbojpeg-sys to build libjpeg-turbo statically from its vendored source \
+                 (TURBOJPEG_SOURCE, TURBOJPEG_STATIC, TURBOJPEG_DYNAMIC and TURBOJPEG_SHARED unset)";
+    let cache = fs::read_to_string(&cache_path)
+        .unwrap_or_else(|e| fail(&format!("{needs}; cannot read {}: {e}", cache_path.display())));
+    if cache_value(&cache, "ENABLE_STATIC") != Some("1") || cache_value(&cache, "ENABLE_SHARED") != Some("0") {
+        fail(&format!("{needs}; {} has a shared build", cache_path.display()));
+    }
+    let source = match cache_value(&cache, "libjpeg-turbo_SOURCE_DIR") {
+        Some(dir) => PathBuf::from(dir).join("src"),
+        None => fail(&format!("no libjpeg-turbo_SOURCE_DIR in {}", cache_path.display())),
+    };
     for header in [include.join("jconfig.h"), build.join("jconfigint.h"), source.join("jpegint.h")] {
         if !header.is_file() {
             fail(&format!("libjpeg-turbo header not found: {}", header.display()));
@@ -50,13 +53,9 @@ fn main() {
         .compile("fastwds_jdhuff");
 }
 
-/// The libjpeg-turbo source tree turbojpeg-sys configured, as its CMake cache records it.
-fn libjpeg_source_dir(cache: &Path) -> PathBuf {
-    let text = fs::read_to_string(cache).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", cache.display())));
-    text.lines()
-        .find_map(|line| line.strip_prefix("libjpeg-turbo_SOURCE_DIR:STATIC="))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| fail(&format!("no libjpeg-turbo_SOURCE_DIR in {}", cache.display())))
+/// The value of `name` in a CMake cache (`NAME:TYPE=value` lines).
+fn cache_value<'a>(cache: &'a str, name: &str) -> Option<&'a str> {
+    cache.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.split_once('=').map(|(_, v)| v))
 }
 
 fn fail(message: &str) -> ! {
