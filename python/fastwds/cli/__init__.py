@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .._core import ShardError
+from .._core import ShardError, __version__
 from . import bench, cat, create, ls, split, stats
 from ._util import CommandError
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"fastwds {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(subparsers)
