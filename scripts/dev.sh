@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
 # fastwds developer entry point.
 #   scripts/dev.sh demo   build, then run the benchmark harness on its built-in sample datasets (quick size)
-#   scripts/dev.sh test   build, then every check CI runs: rustfmt, clippy, cargo tests, ruff, pytest, wheel
+#   scripts/dev.sh test   release wheel, then every check CI runs: rustfmt, clippy, cargo tests, ruff, pytest, wheel
 #   scripts/dev.sh bench  build, add torchvision and DALI, then the full benchmark harness (several minutes)
 #   scripts/dev.sh build  create/update the venv and build the extension into it
+#   scripts/dev.sh wheel  the release sdist and wheel (zig, manylinux), checked, installed in a clean venv
 # The venv lives outside the checkout (torch is several GB) and is reused when present:
-# FASTWDS_VENV overrides its place.
+# FASTWDS_VENV overrides its place. FASTWDS_PROFILE=profiling builds with line tables (for perf).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${FASTWDS_VENV:-$HOME/.cache/fastwds-venv}
 PY="$VENV/bin/python"
+# The release wheel (scripts/dev.sh wheel, the last step of test, and the release workflow's Linux jobs): built
+# from the sdist by maturin with zig as C compiler and linker, against this glibc (or musl) version whatever the
+# machine's, for this Rust target (default: the machine's own); checked against these limits (MB = 10**6 bytes).
+WHEEL_TAG=${FASTWDS_WHEEL_TAG:-manylinux_2_17}
+WHEEL_TARGET=${FASTWDS_WHEEL_TARGET:-}
+MAX_WHEEL_MB=6
+MAX_SO_MB=15
+DIST="$ROOT/target/dist"
+# The wheel step's tools, into the venv: zig (from PyPI's ziglang), auditwheel (checks the tag and the links).
+WHEEL_TOOLS=("ziglang==0.17.1" "auditwheel>=6.8,<7")
 cd "$ROOT"
 
 step() { printf '\n== %s\n' "$*"; }
@@ -66,23 +77,63 @@ ensure_bench_extras() {
     fi
 }
 
+ensure_wheel_tools() {
+    if [ ! -x "$PY" ]; then
+        step "creating venv $VENV"
+        python3 -m venv "$VENV"
+    fi
+    local stamp="$VENV/.fastwds-wheel-tools" want
+    want="$(grep -E '^maturin' requirements-dev.txt) ${WHEEL_TOOLS[*]}"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        step "installing the wheel step's tools: $want"
+        # shellcheck disable=SC2086
+        "$PY" -m pip install -q $want
+        echo "$want" >"$stamp"
+    fi
+}
+
 build() {
     ensure_toolchain
     ensure_build_tools
     ensure_venv
-    step "building the extension (release) into $VENV"
-    PYO3_PYTHON="$PY" VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH" maturin develop --release -q
+    local profile=${FASTWDS_PROFILE:-release}
+    step "building the extension ($profile profile) into $VENV"
+    PYO3_PYTHON="$PY" VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH" maturin develop --profile "$profile" -q
 }
 
+# Builds the sdist and, from it, the release wheel into $DIST (one compile: the wheel proves the sdist builds
+# from scratch), and sets WHEEL to the wheel's path.
+build_release_wheel() {
+    step "release build: sdist, and from it the wheel (zig, ${WHEEL_TAG}${WHEEL_TARGET:+, $WHEEL_TARGET})"
+    rm -rf "$DIST"
+    local start=$SECONDS
+    # target/wheel: its own cargo directory, so a concurrent `maturin develop` does not wait on it.
+    PATH="$VENV/bin:$PATH" CARGO_TARGET_DIR="$ROOT/target/wheel" "$VENV/bin/maturin" build -q --release --sdist \
+        --zig --compatibility "$WHEEL_TAG" ${WHEEL_TARGET:+--target "$WHEEL_TARGET"} -o "$DIST"
+    WHEEL=$(ls "$DIST"/fastwds-*.whl)
+    echo "built in $((SECONDS - start)) s: $(cd "$DIST" && ls)"
+}
+
+# Checks $WHEEL: tag and links (auditwheel), stripped, sizes; then installs it into a clean venv without cargo on
+# PATH and reads and decodes a shard with it.
 wheel_check() {
-    step "wheel: build, install into a clean venv without cargo on PATH, read a shard"
-    rm -rf target/wheels
-    PYO3_PYTHON="$PY" "$VENV/bin/maturin" build --release -q -o target/wheels
+    step "wheel: tag no newer than $WHEEL_TAG, system libraries only, stripped, <= $MAX_WHEEL_MB MB, .so <= $MAX_SO_MB MB"
+    "$PY" scripts/check_wheel.py "$WHEEL" --target "$WHEEL_TAG" --max-wheel-mb "$MAX_WHEEL_MB" --max-so-mb "$MAX_SO_MB"
+    case "$WHEEL_TAG" in
+        musllinux*)
+            if ! ldd --version 2>&1 | grep -qi musl; then
+                echo "a musllinux wheel does not install here (glibc): the release workflow tests it in Alpine"
+                return
+            fi
+            ;;
+    esac
+    step "wheel: install into a clean venv without cargo on PATH, read and decode a shard"
     local clean
     clean=$(mktemp -d)
     python3 -m venv "$clean/venv"
-    "$clean/venv/bin/pip" install -q target/wheels/fastwds-*.whl
+    "$clean/venv/bin/pip" install -q "$WHEEL"
     (cd "$clean" && env -i PATH=/usr/bin:/bin HOME="$clean" "$clean/venv/bin/python" "$ROOT/tests/wheel_smoke.py")
+    env -i PATH=/usr/bin:/bin HOME="$clean" "$clean/venv/bin/fastwds" --version
     rm -rf "$clean"
 }
 
@@ -101,13 +152,28 @@ case "$cmd" in
         ensure_bench_extras
         "$PY" benches/harness.py "${@:2}"
         ;;
+    wheel)
+        ensure_toolchain
+        ensure_build_tools
+        ensure_wheel_tools
+        build_release_wheel
+        wheel_check
+        ;;
     test)
-        build
+        # One release compile: the wheel built from the sdist is what the tests import, then what the wheel
+        # step checks and installs into a clean venv.
+        ensure_toolchain
+        ensure_build_tools
+        ensure_venv
+        ensure_wheel_tools
+        build_release_wheel
+        step "installing $(basename "$WHEEL") into $VENV"
+        "$PY" -m pip install -q --force-reinstall --no-deps "$WHEEL"
         step "rustfmt";  cargo fmt --all --check
         step "clippy";   PYO3_PYTHON="$PY" cargo clippy --workspace --all-targets -q -- -D warnings
         step "cargo test"; PYO3_PYTHON="$PY" cargo test --workspace -q
-        step "ruff";     "$VENV/bin/ruff" check python tests benches examples
-        "$VENV/bin/ruff" format --check python tests benches examples
+        step "ruff";     "$VENV/bin/ruff" check python tests benches examples scripts
+        "$VENV/bin/ruff" format --check python tests benches examples scripts
         step "pytest";   "$PY" -m pytest -q -p no:cacheprovider
         wheel_check
         ;;
