@@ -100,6 +100,16 @@ class Row:
         return f"{self.dataset}/{self.format}/{self.workload}/{self.reader}"
 
 
+def optional_requirement(row: Row) -> str | None:
+    """The optional library `row` needs (installed by `scripts/dev.sh bench` from requirements-bench.txt, not
+    by the test set-up), or None for rows that need only requirements-dev.txt. Without it the row is n/a."""
+    if row.reader == "dali":
+        return "DALI"
+    if row.reader == "webdataset" and GROUPS.get(row.workload) == "rrc":
+        return "torchvision"
+    return None
+
+
 def plan_rows() -> list[Row]:
     """Every row the full benchmark measures, in table order."""
     rows = []
@@ -536,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
             "datasets": {name: datasets.describe(d) for name, d in made.items()},
             "rows": [
                 {"dataset": r.dataset, "format": r.format, "workload": r.workload, "reader": r.reader}
+                | {"optional": optional_requirement(r)}
                 | {k: v for k, v in res.items() if k != "targets"}
                 | {"targets": [{"text": t.text, "met": t.met} for t in res.get("targets", [])]}
                 for r, res in results.items()

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import webdataset
 
 import fastwds
@@ -133,7 +132,6 @@ def test_objectron_lists(tmp_path):
 
 
 def test_augment_shards_on_a_local_dask_cluster(tmp_path):
-    pytest.importorskip("distributed")
     out = run_example("augment_shards.py", "--make-sample-data", "aug", "--workers", "2", cwd=tmp_path)
     inputs = sorted(str(p) for p in (tmp_path / "aug" / "input").glob("*.tar"))
     outputs = sorted(str(p) for p in (tmp_path / "aug" / "augmented").glob("*"))

@@ -326,7 +326,8 @@ def test_batched_collates_like_reference():
 
 
 def test_batched_collates_tensors():
-    torch = pytest.importorskip("torch")
+    import torch
+
     rows = [(torch.full((3,), i), i) for i in range(6)]
     out = both("batched", rows, 4)
     assert isinstance(out[0][0], torch.Tensor) and out[0][0].shape == (4, 3)
@@ -449,7 +450,8 @@ def test_decode_uses_autodecode_and_handler():
 
 
 def test_decode_image_spec():
-    PIL = pytest.importorskip("PIL.Image")
+    import PIL.Image as PIL
+
     buf = io.BytesIO()
     PIL.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3)).save(buf, format="png")
     data = [{"__key__": "a", "png": buf.getvalue()}]

@@ -71,7 +71,8 @@ def test_random_mix_does_not_mutate_its_arguments():
 
 
 def test_mixers_are_iterable_datasets_with_torch():
-    data = pytest.importorskip("torch.utils.data")
+    import torch.utils.data as data
+
     assert U.iterable_dataset_base() is data.IterableDataset
     mix = M.RoundRobin([list(range(4)), list(range(10, 14))])
     assert isinstance(mix, data.IterableDataset) and isinstance(mix, M.RoundRobin)
@@ -175,7 +176,8 @@ class _WorkerInfo(U.iterable_dataset_base()):
 
 
 def test_pytorch_worker_info_inside_dataloader_workers(monkeypatch):
-    data = pytest.importorskip("torch.utils.data")
+    import torch.utils.data as data
+
     for name in ("RANK", "WORLD_SIZE", "WORKER", "NUM_WORKERS"):
         monkeypatch.delenv(name, raising=False)
     loader = data.DataLoader(_WorkerInfo(), batch_size=None, num_workers=2)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import webdataset
 from PIL import Image
 
@@ -15,8 +16,6 @@ from conftest import reference
 from fastwds import _core
 from fastwds.autodecode import DecodingError
 from fastwds.tariterators import ShardSamples
-
-torch = pytest.importorskip("torch")
 
 
 def _image_bytes(kind: str, seed: int) -> bytes:

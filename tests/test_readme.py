@@ -23,7 +23,6 @@ def test_quick_start_is_at_most_ten_lines_of_code() -> None:
 
 @pytest.mark.timeout(180)
 def test_quick_start_runs_and_prints_every_sample_once() -> None:
-    pytest.importorskip("torch")
     done = subprocess.run(
         [sys.executable, "-W", "error", "-c", first_python_block()],
         capture_output=True,

@@ -110,7 +110,8 @@ def test_zero_d_empty_noncontiguous_and_big_endian_arrays():
 
 
 def test_torch_tensors_are_stored_as_arrays():
-    torch = pytest.importorskip("torch")
+    import torch
+
     t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     (a,) = tenbin.decode_buffer(tenbin.encode_buffer([t]))
     np.testing.assert_array_equal(a, t.numpy())
