@@ -8,14 +8,12 @@ import os
 import sys
 from pathlib import Path
 
+import cloudpickle  # installed with dask[distributed], as psutil is
+import distributed
 import pytest
 
-distributed = pytest.importorskip("distributed")
-
-import cloudpickle  # noqa: E402  (installed with distributed)
-
-import fastwds  # noqa: E402
-from conftest import reference, write_shards  # noqa: E402
+import fastwds
+from conftest import reference, write_shards
 
 # Task functions defined here must travel by value: the worker processes cannot import this test module.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
