@@ -14,13 +14,14 @@ import io
 import json
 import os
 import pickle
-import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
 import numpy as np
+
+from . import utils
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -62,11 +63,8 @@ IMAGE_EXTENSIONS = (
 
 
 def _security_enforced() -> bool:
-    """True when unpickling and torch.load are forbidden (WDS_SECURE=1 or utils.enforce_security)."""
-    utils = sys.modules.get("fastwds.utils")
-    if utils is not None and hasattr(utils, "enforce_security"):
-        return bool(utils.enforce_security)
-    return bool(int(os.environ.get("WDS_SECURE", "0") or "0"))
+    """True when unpickling and torch.load are refused (`utils.enforce_security`, WDS_SECURE=1)."""
+    return bool(utils.enforce_security)
 
 
 def _extension(key: str) -> str:
@@ -439,6 +437,11 @@ class Decoder:
         self.partial = partial
         # Set when the tar stage decodes this decoder's image fields on the reader threads.
         self.predecoded: ImageHandler | None = None
+
+    def __repr__(self) -> str:
+        defaults = [*default_pre_handlers, *default_post_handlers]
+        named = [getattr(h, "__name__", h) for h in self.handlers if not any(h is d for d in defaults)]
+        return f"<fastwds.autodecode.Decoder {named} only={self.only} partial={self.partial}>"
 
     def decode1(self, key: str, data: bytes) -> Any:
         """Decodes one field's bytes; `key` is the field name (without the leading dot)."""

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from . import utils
 from .gopen import gopen as gopen_url
 from .handlers import reraise_exception
 
@@ -49,6 +50,9 @@ def islocal(url: str) -> bool:
 
 
 def _local_file(url: str) -> str:
+    """The path of a local URL; ValueError in secure mode (WDS_SECURE=1), which refuses local files."""
+    if utils.enforce_security:
+        raise ValueError(f"{url}: security is enforced (WDS_SECURE), cannot open local files")
     parsed = urlparse(url)
     return url if parsed.scheme == "" else url2pathname(parsed.path)
 

@@ -42,6 +42,8 @@ class FluidInterface:
 
     def listed(self, batchsize: int, partial: bool = True) -> Any:
         """Group samples into lists of `batchsize` without collating (webdataset ignores `partial` here)."""
+        if partial:  # bound as webdataset binds it, so the stage prints the same
+            return self.compose(filters.batched(batchsize=batchsize, collation_fn=None))
         return self.compose(filters.batched(batchsize=batchsize, collation_fn=None, partial=partial))
 
     def unlisted(self) -> Any:
@@ -340,11 +342,12 @@ class WebDataset(DataPipeline, FluidInterface):
         raise ValueError(f"cannot handle urls of type {type(urls)}")
 
     def set_epoch(self, epoch: int) -> WebDataset:
-        """Make the next pass epoch `epoch` for the shard shuffle and resampling (for DataLoader workers that
-        are not persistent, which start each epoch from a fresh copy); returns self."""
+        """Make the next pass epoch `epoch` for the shard shuffle, resampling and random crops (for
+        DataLoader workers that are not persistent, which start each epoch from a fresh copy); returns self."""
         for stage in self.pipeline:
             epoch_stages = (
                 ShardSamples,
+                images.DecodeImages,
                 shardlists.ShardShuffle,
                 shardlists.ResampledShards,
                 shardlists.MultiShardSample,

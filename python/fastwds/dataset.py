@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
 import random
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -20,7 +19,7 @@ from typing import Any
 import braceexpand
 
 from . import _core, tenbin
-from .autodecode import imagespecs
+from .autodecode import imagespecs, unpickle_loads
 from .filters import _shuffle
 from .handlers import reraise_exception
 from .pytorch import LazyIterableDataset
@@ -98,7 +97,7 @@ def _make_handlers(imagetype: str) -> dict[str, Callable[[bytes], Any]]:
     for extension in ["png", "jpg", "jpeg", "img", "image", "pbm", "pgm", "ppm"]:
         result[extension] = _ImageDecoder(imagetype)
     for extension in ["pyd", "pickle"]:
-        result[extension] = pickle.loads
+        result[extension] = unpickle_loads  # refused in secure mode (WDS_SECURE=1)
     for extension in ["json", "jsn"]:
         result[extension] = json.loads
     for extension in ["ten", "tb"]:
@@ -179,7 +178,7 @@ def _decode_container(container: str, fname: str, data: bytes) -> Any:
     if container.endswith("json"):
         return json.loads(data)
     if container.endswith("pyd"):
-        return pickle.loads(data)
+        return unpickle_loads(data)
     if container.endswith("ten"):
         return tenbin.decode_buffer(data, infos=False)
     raise ValueError(f"{container}: unknown container format (mp, json, pyd, ten)")

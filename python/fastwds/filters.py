@@ -331,6 +331,10 @@ class detshuffle(PipelineStage):
         self.seed = seed
         self.epoch = epoch
 
+    def __repr__(self) -> str:
+        kw = {"initial": self.initial, "seed": self.seed, "epoch": self.epoch}
+        return f"<detshuffle ({self.bufsize},) {kw}>"
+
     def run(self, src: Iterable[T]) -> Iterator[T]:
         """Shuffle `src` with the next epoch's generator."""
         self.epoch += 1
@@ -837,7 +841,10 @@ def decode_text(stream: Any) -> str:
 
 
 def decode_pickle(stream: Any) -> Any:
-    """Unpickle an object from a binary stream (only for data you trust)."""
+    """Unpickle an object from a binary stream (only for data you trust; refused in secure mode,
+    WDS_SECURE=1, with ValueError)."""
+    if utils.enforce_security:
+        raise ValueError("unpickling is not allowed when security is enforced (WDS_SECURE)")
     return pickle.load(stream)
 
 
@@ -910,6 +917,10 @@ class Cached(PipelineStage):
         super().__init__()
         self.cached: list[Any] | None = None
 
+    def __repr__(self) -> str:
+        state = "complete" if self.cached is not None else "empty"
+        return f"<mcached ({state})>"
+
     def run(self, source: Iterable[T]) -> Iterator[T]:
         """Pass `source` through (recording it) on the first complete pass, replay the record after that."""
         if self.cached is not None:
@@ -936,9 +947,13 @@ class LMDBCached(PipelineStage):
             import lmdb
         except ImportError as exn:
             raise ImportError("LMDBCached needs the lmdb package (pip install lmdb)") from exn
+        self.fname = fname
         self.db = lmdb.open(fname, readonly=False, map_size=int(map_size))
         self.pickler = pickler
         self.chunksize = chunksize
+
+    def __repr__(self) -> str:
+        return f"<lmdb_cached ({self.fname!r},)>"
 
     def is_complete(self) -> bool:
         """Tell whether a complete pass has been recorded."""

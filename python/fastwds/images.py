@@ -14,10 +14,16 @@ from typing import Any
 
 from . import _core
 from .autodecode import IMAGE_EXTENSIONS, DecodingError, ImageHandler
-from .filters import pipelinefilter
 from .handlers import reraise_exception
 
-__all__ = ["decode_images", "native_mode", "native_options", "NATIVE_EXTENSIONS"]
+__all__ = [
+    "DecodeImages",
+    "decode_images",
+    "image_seed",
+    "native_mode",
+    "native_options",
+    "NATIVE_EXTENSIONS",
+]
 
 # The image formats the core decodes (by magic bytes): JPEG, PNG and binary PGM/PPM.
 NATIVE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "ppm", "pgm", "pnm"})
@@ -85,6 +91,9 @@ class FinishImages:
         self.image = ImageHandler(imagespec)
         self.handler = handler
 
+    def __repr__(self) -> str:
+        return f"<decode_images ({self.image.imagespec!r},) {{'on': 'reader threads'}}>"
+
     def __call__(self, src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Finish each sample of `src`."""
         image = self.image
@@ -102,45 +111,106 @@ class FinishImages:
             yield sample
 
 
-def _decode_images(
-    data: Iterable[dict[str, Any]],
-    imagespec: str = "rgb8",
-    *,
-    size: tuple[int, int] | None = None,
-    crop: str = "center",
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    flip: float = 0.0,
-    seed: int | None = None,
-    extensions: Iterable[str] = IMAGE_EXTENSIONS,
-    handler: Callable[[BaseException], bool] = reraise_exception,
-) -> Iterator[dict[str, Any]]:
-    """Decode (and crop, resize, flip) image fields in this process with the core's decoder; the fallback
-    for `decode_images` where it cannot run on the reader threads."""
-    options = native_options(
-        imagespec, extensions, size=size, crop=crop, scale=scale, ratio=ratio, flip=flip, seed=seed
-    )
-    wanted = set(options["extensions"])
-    finish = ImageHandler(imagespec).finish
-    transform = {k: options[k] for k in ("size", "crop", "scale", "ratio", "flip")}
-    for count, sample in enumerate(data):
-        try:
-            result = dict(sample)
-            for k, v in sample.items():
-                if k[:2] == "__" or not isinstance(v, bytes) or k.rsplit(".", 1)[-1].lower() not in wanted:
+_MASK64 = 2**64 - 1
+
+
+def _fnv1a(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001B3) & _MASK64
+    return h
+
+
+def _mix(a: int, b: int) -> int:
+    """SplitMix64's finaliser over a combination of two words (as the reader threads compute it)."""
+    z = (a + b * 0x9E3779B97F4A7C15 + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _utf8(text: Any) -> bytes:
+    if isinstance(text, bytes):
+        return text
+    return str(text).encode("utf-8", "surrogatepass")
+
+
+def image_seed(seed: int, epoch: int, key: Any, field: str) -> int:
+    """The seed of one image's random crop and flip: a function of (seed, epoch, sample key, field name)
+    only, the same the reader threads use, so an image gets the same crop wherever it is decoded."""
+    field_hash = _fnv1a(_utf8(field))
+    rotated = ((field_hash << 1) | (field_hash >> 63)) & _MASK64
+    return _mix(_mix(seed % 2**64, epoch % 2**64), _fnv1a(_utf8(key)) ^ rotated)
+
+
+class DecodeImages:
+    """The in-process `decode_images` stage: decodes (and crops, resizes, flips) image fields with the core's
+    decoder where the stage cannot run on the reader threads.
+
+    Each pass over it is an epoch (`epoch` is the last one; `WebDataset.set_epoch` sets it), and each image's
+    random draws come from `image_seed(seed, epoch, key, field)`, as on the reader threads.
+    """
+
+    def __init__(
+        self,
+        imagespec: str = "rgb8",
+        *,
+        size: tuple[int, int] | None = None,
+        crop: str = "center",
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip: float = 0.0,
+        seed: int | None = None,
+        extensions: Iterable[str] = IMAGE_EXTENSIONS,
+        handler: Callable[[BaseException], bool] = reraise_exception,
+    ) -> None:
+        self.imagespec = imagespec
+        self.options = native_options(
+            imagespec, extensions, size=size, crop=crop, scale=scale, ratio=ratio, flip=flip, seed=seed
+        )
+        self.handler = handler
+        self.epoch = -1
+
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in self.options.items() if k not in ("extensions", "keep_bytes_on_error")}
+        return f"<decode_images ({self.imagespec!r},) {shown}>"
+
+    def __call__(self, data: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Decode the image fields of the samples of `data` (one epoch)."""
+        self.epoch += 1
+        epoch = self.epoch
+        options = self.options
+        handler = self.handler
+        wanted = set(options["extensions"])
+        finish = ImageHandler(self.imagespec).finish
+        mode, seed = options["mode"], options["seed"]
+        transform = {k: options[k] for k in ("size", "crop", "scale", "ratio", "flip")}
+        for sample in data:
+            try:
+                result = dict(sample)
+                key = sample.get("__key__", "")
+                for k, v in sample.items():
+                    if (
+                        k[:2] == "__"
+                        or not isinstance(v, bytes)
+                        or k.rsplit(".", 1)[-1].lower() not in wanted
+                    ):
+                        continue
+                    try:
+                        array = _core.decode_image(v, mode, seed=image_seed(seed, epoch, key, k), **transform)
+                    except ValueError as exn:
+                        raise DecodingError(
+                            url=sample.get("__url__"), key=sample.get("__key__"), k=k
+                        ) from exn
+                    result[k] = finish(array)
+            except Exception as exn:
+                if handler(exn):
                     continue
-                try:
-                    array = _core.decode_image(
-                        v, options["mode"], seed=(options["seed"] + count) % 2**64, **transform
-                    )
-                except ValueError as exn:
-                    raise DecodingError(url=sample.get("__url__"), key=sample.get("__key__"), k=k) from exn
-                result[k] = finish(array)
-        except Exception as exn:
-            if handler(exn):
-                continue
-            break
-        yield result
+                break
+            yield result
 
 
-decode_images = pipelinefilter(_decode_images)
+def decode_images(imagespec: str = "rgb8", **kw: Any) -> DecodeImages:
+    """The `decode_images(spec, size=, crop=, scale=, ratio=, flip=, seed=, extensions=, handler=)` stage
+    for a pipeline, decoding in this process (see `DecodeImages`)."""
+    return DecodeImages(imagespec, **kw)

@@ -337,6 +337,12 @@ class ShardShuffle(PipelineStage):
         self.seeded = seeded
         self.epoch = -1
 
+    def __repr__(self) -> str:
+        # As webdataset's stage for a WebDataset's shard shuffle: `filters.shuffle(n, seed=seed)`, or detshuffle.
+        if self.deterministic:
+            return f"<detshuffle ({self.bufsize},) {{'seed': {self.seed!r}, 'epoch': {self.epoch}}}>"
+        return f"<_shuffle ({self.bufsize},) {{'seed': {self.seed!r}}}>"
+
     def rng(self) -> random.Random:
         """Return the generator for the current epoch."""
         if self.deterministic:
