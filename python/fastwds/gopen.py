@@ -11,10 +11,13 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from typing import IO, Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
+
+from . import utils
 
 __all__ = [
     "Pipe",
@@ -39,14 +42,13 @@ info: dict[str, Any] = {}
 
 # Exit statuses meaning "killed by SIGPIPE": 141 from a shell, -13 from a directly executed command.
 _SIGPIPE_STATUSES = (141, -13)
+# How much of a command's stderr an error message quotes (its end).
+_STDERR_TAIL = 2000
 
 
 def _security_enforced() -> bool:
-    """True when local files, pipes and URL rewriting are forbidden (WDS_SECURE=1 or utils.enforce_security)."""
-    utils = sys.modules.get("fastwds.utils")
-    if utils is not None and hasattr(utils, "enforce_security"):
-        return bool(utils.enforce_security)
-    return bool(int(os.environ.get("WDS_SECURE", "0") or "0"))
+    """True when local files, pipes and URL rewriting are refused (`utils.enforce_security`, WDS_SECURE=1)."""
+    return bool(utils.enforce_security)
 
 
 def _verbose() -> int:
@@ -57,9 +59,11 @@ class Pipe:
     """A subprocess's stdout (mode "r...") or stdin (mode "w...") as a binary file object.
 
     Reads and writes check whether the command has exited; a failed exit status (not 0 and not in
-    `ignore_status`) raises `OSError` naming the command and the status, at the latest on `close()`.
-    Closing a read pipe before the end of its output stops the command without reporting an error.
-    Arguments other than the keywords below go to `subprocess.Popen`.
+    `ignore_status`) raises `OSError` naming the command, the status and the end of its stderr, at the
+    latest on `close()`; so does a command that exits before reading all its input (`BrokenPipeError`).
+    The command's stderr still reaches this process's stderr as it is written. Closing a read pipe before
+    the end of its output stops the command without reporting an error. Arguments other than the keywords
+    below go to `subprocess.Popen`.
     """
 
     def __init__(
@@ -82,14 +86,58 @@ class Pipe:
         self.handler: Callable[..., Any] | None = None
         self._eof = False
         self._reported = False
+        self._stderr_tail = bytearray()
+        self._stderr_thread: threading.Thread | None = None
+        tee = "stderr" not in kw
+        if tee:
+            kw = dict(kw, stderr=subprocess.PIPE)
         if mode[0] == "r":
             self.proc = subprocess.Popen(*args, stdout=subprocess.PIPE, **kw)
             self.stream: IO[bytes] = self.proc.stdout  # type: ignore[assignment]
         else:
             self.proc = subprocess.Popen(*args, stdin=subprocess.PIPE, **kw)
             self.stream = self.proc.stdin  # type: ignore[assignment]
+        if tee and self.proc.stderr is not None:
+            self._stderr_thread = threading.Thread(
+                target=self._tee_stderr, args=(self.proc.stderr,), name="fastwds-pipe-stderr", daemon=True
+            )
+            self._stderr_thread.start()
         if self.stream is None:
             raise ValueError(f"{self.command}: could not open")
+
+    def _tee_stderr(self, stderr: IO[bytes]) -> None:
+        """Copies the command's stderr to ours as it comes, keeping its end for error messages."""
+        tail = self._stderr_tail
+        try:
+            fd = stderr.fileno()
+            while data := os.read(fd, 65536):
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(2, view) :]
+                except OSError:
+                    pass  # our stderr is gone; keep reading, so the command never blocks on it
+                tail += data
+                del tail[:-_STDERR_TAIL]
+        except (OSError, ValueError):
+            pass
+        finally:
+            stderr.close()
+
+    def stderr_tail(self) -> str:
+        """The end of what the command wrote to its stderr so far (waits briefly for it after the exit)."""
+        thread = self._stderr_thread
+        if thread is not None and self.proc.poll() is not None:
+            thread.join(1.0)  # a background grandchild may hold stderr open: do not wait for it
+        return bytes(self._stderr_tail).decode("utf-8", "replace").strip()
+
+    def _failure(self, what: str) -> str:
+        """A message naming the command, `what` happened, and the end of its stderr."""
+        message = f"command {self.command!r} {what}"
+        tail = self.stderr_tail()
+        if tail:
+            message += "; its stderr ends with:\n" + "\n".join("  " + t for t in tail.splitlines()[-10:])
+        return message
 
     @property
     def command(self) -> str:
@@ -126,9 +174,8 @@ class Pipe:
             )
         if self.status not in self.ignore_status and not self.ignore_errors:
             direction = "reading from" if self.mode[0] == "r" else "writing to"
-            raise OSError(
-                f"command {self.command!r} exited with status {self.status} while {direction} it {info or ''}".rstrip()
-            )
+            what = f"exited with status {self.status} while {direction} it {info or ''}".rstrip()
+            raise OSError(self._failure(what))
 
     def read(self, *args: Any, **kw: Any) -> bytes:
         """Reads from the command's output."""
@@ -160,18 +207,32 @@ class Pipe:
         """Writes to the command's input."""
         try:
             result = self.stream.write(*args, **kw)
-        except BrokenPipeError:
-            # The command has gone: report its exit status if that was a failure.
-            self.status = self.proc.wait(self.timeout)
-            self.wait_for_child()
-            raise
+        except BrokenPipeError as exn:
+            self._broken_pipe(exn)
         self.check_status()
         return result
+
+    def _broken_pipe(self, exn: BrokenPipeError) -> None:
+        """The command stopped reading: raises its failed exit status, or else a `BrokenPipeError` that says
+        the command exited (or closed its input) before reading everything, with the end of its stderr."""
+        try:
+            self.status = self.proc.wait(self.timeout)
+        except subprocess.TimeoutExpired:
+            raise BrokenPipeError(
+                exn.errno, self._failure("closed its input before reading everything written to it")
+            ) from exn
+        self.wait_for_child()
+        raise BrokenPipeError(
+            exn.errno, self._failure(f"exited with status {self.status} before reading all its input")
+        ) from exn
 
     def flush(self) -> None:
         """Flushes buffered input to the command."""
         if not self.stream.closed:
-            self.stream.flush()
+            try:
+                self.stream.flush()
+            except BrokenPipeError as exn:
+                self._broken_pipe(exn)
 
     def readable(self) -> bool:
         return self.mode[0] == "r"
@@ -206,8 +267,12 @@ class Pipe:
             self._reported = True
             return
         self.wait_for_child()
+        if self._stderr_thread is not None:
+            self._stderr_thread.join(1.0)
         if broken is not None and not self.ignore_errors:
-            raise OSError(f"command {self.command!r} stopped reading its input") from broken
+            raise OSError(
+                self._failure(f"exited with status {self.status} before reading all its input")
+            ) from broken
 
     def __enter__(self) -> Pipe:
         return self

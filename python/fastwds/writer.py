@@ -18,15 +18,20 @@ import lzma
 import os
 import pickle
 import re
+import secrets
+import stat
 import tarfile
 import time
 import zlib
 from collections.abc import Callable
 from typing import Any, BinaryIO
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 
-from .gopen import gopen
+from . import utils
+from .gopen import gopen, rewrite_url
 
 __all__ = [
     "ShardWriter",
@@ -571,6 +576,76 @@ def _compression(target: Any, compress: bool | str | None) -> str | None:
 ################################################################
 
 
+def _local_file_target(url: str) -> str | None:
+    """The path a writer's URL names when it is a local file written whole (a new or a regular file), else
+    None: `-`, `pipe:`, other schemes, FIFOs and devices are streams, written as they are."""
+    if url == "-":
+        return None
+    url = rewrite_url(url)
+    parsed = urlparse(url)
+    if parsed.scheme not in ("", "file"):
+        return None
+    path = url if parsed.scheme == "" else url2pathname(parsed.path)
+    if os.path.islink(path):
+        path = os.path.realpath(path)  # replace the file the link points to, not the link
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return path
+    except OSError:
+        return None  # let the ordinary open report it
+    return path if stat.S_ISREG(mode) else None
+
+
+class _PendingFile:
+    """A local output written under a hidden temporary name in its directory (`.NAME.XXXXXXXX.tmp`) and renamed
+    to its final name by `commit()`; `discard()` removes it. So a shard never appears under its name before
+    it is complete, whether the writer fails, is interrupted or is killed."""
+
+    def __init__(self, path: str) -> None:
+        directory, base = os.path.split(os.path.abspath(path))
+        while True:
+            temp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.tmp")
+            try:
+                # 0o666 less the umask: the permissions a plain open() gives a new file.
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            except FileExistsError:
+                continue
+            break
+        self.path = path
+        self.temp: str | None = temp
+        try:
+            self.stream = open(fd, "wb", buffering=int(os.environ.get("GOPEN_BUFFER", -1)))
+        except BaseException:
+            os.close(fd)
+            self.discard()
+            raise
+
+    def commit(self) -> None:
+        """Closes the file and gives it its final name."""
+        self.stream.close()
+        assert self.temp is not None
+        os.replace(self.temp, self.path)
+        self.temp = None
+
+    def discard(self) -> None:
+        """Closes and removes the temporary file (a no-op after `commit`)."""
+        if self.temp is None:
+            return
+        temp, self.temp = self.temp, None
+        try:
+            stream = getattr(self, "stream", None)
+            if stream is not None:
+                stream.close()
+        except OSError:
+            pass  # a full disk fails the flush; the file goes anyway
+        finally:
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
+
+
 class TarWriter:
     """Writes samples (dicts with a `__key__`) as members of one tar file or stream.
 
@@ -605,9 +680,17 @@ class TarWriter:
         if isinstance(fileobj, os.PathLike):
             fileobj = os.fspath(fileobj)
         kind = _compression(fileobj, compress)
+        self._pending: _PendingFile | None = None
+        self._failed = False
         if isinstance(fileobj, str):
             self.own_fileobj = fileobj != "-"
-            fileobj = gopen(fileobj, "wb")
+            # In secure mode gopen refuses local files (as webdataset's TarWriter does).
+            path = None if utils.enforce_security else _local_file_target(fileobj)
+            if path is not None:
+                self._pending = _PendingFile(path)
+                fileobj = self._pending.stream
+            else:
+                fileobj = gopen(fileobj, "wb")
         else:
             self.own_fileobj = False
         self.stream = fileobj
@@ -659,14 +742,30 @@ class TarWriter:
         return members, total
 
     def _write_prepared(self, members: list[tuple[bytes, Any]], total: int) -> None:
+        if self._failed:
+            raise ValueError("write to a TarWriter whose output failed")
         out = self._out
-        for header, data in members:
-            out.add(header, data)
-        out.maybe_flush()
+        try:
+            for header, data in members:
+                out.add(header, data)
+            out.maybe_flush()
+        except BaseException:
+            self._fail()
+            raise
         self._offset += total
 
+    def _fail(self) -> None:
+        """After a failed write: the output holds part of a sample, so it is never finished; a local file's
+        temporary is removed at once."""
+        self._failed = True
+        if self._pending is not None:
+            self._pending.discard()
+
     def write(self, obj: dict[str, Any]) -> int:
-        """Writes one sample and returns the number of bytes it added to the (uncompressed) tar stream."""
+        """Writes one sample and returns the number of bytes it added to the (uncompressed) tar stream.
+
+        A failed write (a full disk, a command that stopped reading) leaves the output unfinished: a local
+        file is removed, a stream is left without the end-of-archive marker, and later writes raise."""
         if self.closed:
             raise ValueError("write to a closed TarWriter")
         members, total = self._prepare(obj)
@@ -680,10 +779,22 @@ class TarWriter:
         return end + (-end) % _RECORD
 
     def close(self) -> None:
-        """Ends the archive, flushes it, and closes the output if this writer opened it."""
+        """Ends the archive, flushes it, and closes the output if this writer opened it.
+
+        A local file is written under a temporary name in its directory and renamed to its own name here, so
+        it appears only complete; if ending it fails, the temporary is removed. After a failed write nothing
+        is written (the error was raised by that write)."""
         if self.closed:
             return
         self.closed = True
+        pending = self._pending
+        if self._failed:
+            if self.own_fileobj and pending is None:
+                try:
+                    self.stream.close()
+                except Exception:  # noqa: S110
+                    pass  # the failed write raised already; closing its broken stream adds nothing
+            return
         try:
             out = self._out
             out.small += bytes(self._final_size(self._offset) - self._offset)
@@ -693,8 +804,13 @@ class TarWriter:
             flush = getattr(self.stream, "flush", None)
             if flush is not None:
                 flush()
+            if pending is not None:
+                pending.commit()
+        except BaseException:
+            self._fail()
+            raise
         finally:
-            if self.own_fileobj:
+            if self.own_fileobj and pending is None:
                 self.stream.close()
 
     @staticmethod
@@ -774,11 +890,12 @@ class ShardWriter:
         return total
 
     def finish(self) -> None:
-        """Closes the current shard and runs `post` on it."""
+        """Closes the current shard and runs `post` on it (with its final name: a local shard is renamed into
+        place first). A shard whose write failed is not finished and `post` does not see it."""
         if self.tarstream is not None:
-            self.tarstream.close()
-            self.tarstream = None
-            if callable(self.post):
+            tarstream, self.tarstream = self.tarstream, None
+            tarstream.close()
+            if callable(self.post) and not tarstream._failed:
                 assert self.fname is not None
                 self.post(self.fname)
 
