@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import signal
 import sys
 import tempfile
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
 from ..shardlists import expand_urls
@@ -14,6 +17,55 @@ from ..shardlists import expand_urls
 
 class CommandError(Exception):
     """A failure the command line reports as one message and a non-zero exit status (no traceback)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM, SIGHUP or SIGINT arrived: raised in the main thread so that the command cleans up as after
+    Ctrl-C (temporary files removed, `pipe:` children killed) before the process dies of the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+def stops_cleanly(run: Callable[[Any], int]) -> Callable[[Any], int]:
+    """Wraps a command's `run(args)`: SIGTERM, SIGHUP and SIGINT raise `Terminated` in it, later ones are
+    ignored while it cleans up, and then the process dies of the first signal (its parent sees it killed by
+    that signal, as for any Unix tool). Signals ignored at start (`nohup`, `&` in a script) stay ignored."""
+
+    @functools.wraps(run)
+    def wrapper(args: Any) -> int:
+        if threading.current_thread() is not threading.main_thread():
+            return run(args)
+        previous: dict[int, Any] = {}
+
+        def stop(signum: int, frame: Any) -> None:
+            for other in previous:
+                signal.signal(other, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+            raise Terminated(signum)
+
+        for signum in _STOP_SIGNALS:
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, stop)
+        try:
+            return run(args)
+        except Terminated as exc:
+            received = exc.signum
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+        signal.signal(received, signal.SIG_DFL)
+        os.kill(os.getpid(), received)
+        return 128 + received  # not reached: the signal ends the process
+
+    return wrapper
 
 
 def expand_all(urls: Iterable[str]) -> list[str]:

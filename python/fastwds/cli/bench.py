@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ._util import CommandError, expand_all
+from ._util import CommandError, expand_all, stops_cleanly
 
 EPILOG = """\
 With URLS, each reader makes full passes over the shards (repeated for at least --min-time seconds) and
@@ -171,6 +171,7 @@ def bench_urls(urls: list[str], decode: str | None, min_time: float, budget: flo
     return "\n".join(lines)
 
 
+@stops_cleanly
 def run(args: argparse.Namespace) -> int:
     """Benchmarks the given shards, or runs the harness (or a built-in sample set) when none are given."""
     if args.urls:

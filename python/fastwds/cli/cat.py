@@ -10,7 +10,7 @@ from typing import Any
 from .._core import ShardReader
 from ..filters import _shuffle
 from ..writer import TarWriter
-from ._util import AtomicOutput, CommandError, compression_of, expand_all, sample_bytes
+from ._util import AtomicOutput, CommandError, compression_of, expand_all, sample_bytes, stops_cleanly
 from .progress import Progress
 
 EPILOG = """\
@@ -74,6 +74,7 @@ def samples_of(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
         samples.close()
 
 
+@stops_cleanly
 def run(args: argparse.Namespace) -> int:
     """Writes the selected samples to OUTPUT, which appears only once complete."""
     output = AtomicOutput(args.output)

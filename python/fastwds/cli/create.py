@@ -20,7 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any, BinaryIO
 
-from ._util import AtomicOutput, CommandError, compression_of
+from .. import utils
+from ._util import AtomicOutput, CommandError, compression_of, stops_cleanly
 from .progress import Progress
 
 EPILOG = """\
@@ -94,6 +95,10 @@ class Fetcher:
     def fetch(self, entry: Entry) -> Content:
         """The content of one entry; raises CommandError naming the line, the source and what went wrong."""
         source = entry.source
+        if utils.enforce_security:
+            # As gopen in secure mode: a list you did not write must not run commands or copy local files.
+            what = "run commands" if source.startswith("pipe:") else "open local files"
+            raise CommandError(f"{self.where(entry)}: security is enforced (WDS_SECURE), cannot {what}")
         if source.startswith("pipe:"):
             return self._run(entry, source[5:])
         path = source[5:] if source.startswith("file:") else source
@@ -139,6 +144,12 @@ class Fetcher:
                 shutil.copyfileobj(child.stdout, spool, 1024 * 1024)
                 child.stdout.close()
                 status = child.wait()
+            except BaseException:
+                # Interrupted (Ctrl-C, SIGTERM) or failed while reading: the command must not outlive us.
+                _kill_group(child)
+                child.stdout.close()
+                child.wait()
+                raise
             finally:
                 with self._lock:
                     self._children.discard(child)
@@ -250,6 +261,7 @@ def _fetch_in_order(
                     future.result().file.close()
 
 
+@stops_cleanly
 def run(args: argparse.Namespace) -> int:
     """Builds the archive; returns 0, or raises CommandError naming the failing line."""
     if args.list == "-":

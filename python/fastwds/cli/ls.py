@@ -9,12 +9,12 @@ import time
 from typing import Any
 
 from .._core import ShardReader, tar_members
-from ._util import expand_all
+from ._util import expand_all, stops_cleanly
 
 EPILOG = """\
 Each member line is its mode, owner/group, size in bytes, modification time (local) and name, as
-`tar tvf` shows them; only regular files are listed. With --samples, each line is a sample key followed by
-FIELD=SIZE for each of its fields.
+`tar tvf` shows them (control characters in names escaped as tar does: \\n, \\033); only regular files
+are listed. With --samples, each line is a sample key followed by FIELD=SIZE for each of its fields.
 
 example:
   $ fastwds ls shards/train-000000.tar | head -3
@@ -27,29 +27,61 @@ example:
 """
 
 
+@stops_cleanly
 def run(args: argparse.Namespace) -> int:
     """Prints the listing of each shard; a heading names the shard when there are several."""
     urls = expand_all(args.urls)
     out = sys.stdout
     for number, url in enumerate(urls):
         if len(urls) > 1:
-            out.write(("\n" if number else "") + f"{url}:\n")
+            out.write(("\n" if number else "") + f"{quote(url)}:\n")
         if args.samples:
             for sample in ShardReader([url], threads=1, lcase=False):
-                fields = " ".join(f"{k}={len(v)}" for k, v in sample.items() if not k.startswith("__"))
-                out.write(f"{sample['__key__']}  {fields}\n")
+                fields = " ".join(f"{quote(k)}={len(v)}" for k, v in sample.items() if not k.startswith("__"))
+                out.write(f"{quote(sample['__key__'])}  {fields}\n")
         else:
             for member in tar_members(url, info=True):
                 out.write(member_line(member))
     return 0
 
 
+_C_ESCAPES = {
+    "\\": "\\\\",
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+}
+
+
+def quote(text: str) -> str:
+    """`text` as GNU tar's default (escape) quoting prints it: a backslash doubled, control characters as C
+    escapes (`\\n`, `\\t`, ...) or octal bytes of their UTF-8 (`\\033`), so that a name from a shard
+    can neither send terminal escape sequences nor break a line. Characters Python does not call printable
+    (format characters such as U+202E included) are escaped too; GNU tar prints those."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for char in text:
+        escaped = _C_ESCAPES.get(char)
+        if escaped is not None:
+            out.append(escaped)
+        elif char == " " or char.isprintable():
+            out.append(char)
+        else:
+            out.extend(f"\\{byte:03o}" for byte in char.encode("utf-8", "surrogatepass"))
+    return "".join(out)
+
+
 def member_line(member: dict[str, Any]) -> str:
     """One `tar tv` line for a member dict from `tar_members(..., info=True)`."""
     mode = stat.filemode(stat.S_IFREG | member["mode"])
-    owner = f"{member['uname'] or member['uid']}/{member['gname'] or member['gid']}"
+    owner = quote(f"{member['uname'] or member['uid']}/{member['gname'] or member['gid']}")
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(member["mtime"]))
-    return f"{mode} {owner} {len(member['data']):>12} {when} {member['fname']}\n"
+    return f"{mode} {owner} {len(member['data']):>12} {when} {quote(member['fname'])}\n"
 
 
 def add_parser(subparsers: Any) -> None:

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ..writer import ShardWriter
-from ._util import AtomicOutput, CommandError, compression_of, parse_size, sample_bytes
+from ._util import AtomicOutput, CommandError, compression_of, parse_size, sample_bytes, stops_cleanly
 from .cat import add_reading_options, samples_of
 from .progress import Progress
 
@@ -35,6 +35,7 @@ def check_pattern(pattern: str) -> None:
         raise CommandError(f"-o {pattern!r} needs one shard number format such as %06d")
 
 
+@stops_cleanly
 def run(args: argparse.Namespace) -> int:
     """Writes the shards; prints each name to stdout once the shard is complete."""
     check_pattern(args.output)

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from .._core import ShardError, ShardReader
-from ._util import CommandError, expand_all, sample_bytes
+from ._util import CommandError, expand_all, sample_bytes, stops_cleanly
 from .progress import Progress
 
 EPILOG = """\
@@ -27,6 +27,7 @@ example:
 """
 
 
+@stops_cleanly
 def run(args: argparse.Namespace) -> int:
     """Reads all shards and prints the counts; exits 1 (after the table, with --keep-going) on corruption."""
     urls = expand_all(args.urls)
