@@ -22,7 +22,7 @@ import webdataset
 import webdataset.autodecode as ref_autodecode
 import webdataset.writer as ref_writer
 
-from fastwds import autodecode, writer
+from fastwds import autodecode, tarformat, writer
 from fastwds.writer import ShardWriter, TarWriter
 
 MTIME = 1_700_000_000
@@ -531,7 +531,7 @@ def test_shardwriter_to_pipes(tmp_path):
 
 def test_members_past_8_gib_and_odd_mtimes_get_pax_records():
     # Writing 8 GiB in a test is too slow; the header alone shows what readers will see.
-    header = writer._HeaderMaker("bigdata", "bigdata", 0o444, "ustar").make("k.bin", 2**34, -5)
+    header = tarformat.HeaderMaker("bigdata", "bigdata", 0o444, tarformat.USTAR).make("k.bin", 2**34, -5)
     with tarfile.open(fileobj=io.BytesIO(header + bytes(10240)), mode="r|") as tar:
         info = tar.next()
         assert (info.name, info.size, info.mtime) == ("k.bin", 2**34, -5)

@@ -4,8 +4,9 @@ Samples are dicts `{"__key__": key, field: value, ...}`; each field becomes a ta
 sample's field order. Values are encoded by extension (images, JSON, text, numbers, arrays, ...) unless
 `encoder=False`, in which case they must be bytes (or str, stored as UTF-8).
 
-The tar headers are built here directly (ustar, with a pax record only for names that do not fit), and
-output goes through a large in-process buffer, so writing costs little beyond copying the bytes.
+The tar bytes (ustar headers, with a pax record only where ustar cannot hold a name, an owner or a size) come
+from `fastwds.tarformat`; output goes through a large in-process buffer, so writing costs little beyond
+copying the bytes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import pickle
 import re
 import secrets
 import stat
-import tarfile
 import time
 import zlib
 from collections.abc import Callable
@@ -32,6 +32,7 @@ import numpy as np
 
 from . import utils
 from .gopen import gopen, rewrite_url
+from .tarformat import HeaderMaker, archive_size, member_size, padding, tar_format
 
 __all__ = [
     "ShardWriter",
@@ -267,187 +268,6 @@ def make_encoder(
 
 
 ################################################################
-# tar headers
-################################################################
-
-_BLOCK = 512
-_RECORD = 20 * _BLOCK  # tar output is padded to whole records, as GNU tar and Python's tarfile do
-_ZERO_BLOCK = bytes(_BLOCK)
-_PADDING = [bytes(n) for n in range(_BLOCK)]
-_MAX_OCTAL_11 = 8**11  # 8 GiB: the largest size or mtime an 11-digit octal field holds
-_MAX_OCTAL_7 = 8**7
-_POSIX_MAGIC = b"ustar\x0000"
-_GNU_MAGIC = b"ustar  \x00"
-_USTAR, _GNU = "ustar", "gnu"
-
-
-def _tar_format(format: Any) -> str:
-    """Maps the `format` argument (None, a tarfile constant or its name) to how long names are written."""
-    if format is None:
-        return _USTAR
-    if isinstance(format, str):
-        format = getattr(tarfile, format, format)
-        if isinstance(format, str):
-            format = {
-                "ustar": tarfile.USTAR_FORMAT,
-                "pax": tarfile.PAX_FORMAT,
-                "gnu": tarfile.GNU_FORMAT,
-            }.get(format.lower(), format)
-    if format in (tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT):
-        return _USTAR
-    if format == tarfile.GNU_FORMAT:
-        return _GNU
-    raise ValueError(f"unknown tar format {format!r} (use USTAR_FORMAT, PAX_FORMAT or GNU_FORMAT)")
-
-
-def _octal(value: int, width: int) -> bytes:
-    """A numeric field: zero-padded octal digits and a NUL (as Python's tarfile writes them)."""
-    return b"%0*o\x00" % (width - 1, value)
-
-
-def _pax_records(records: dict[str, str]) -> bytes:
-    """Encodes pax extended header records ("LEN key=value\\n", LEN counting the whole record)."""
-    out = []
-    for key, value in records.items():
-        body = b" " + key.encode("utf-8") + b"=" + value.encode("utf-8") + b"\n"
-        n = len(body)
-        length = n + len(str(n))
-        length = n + len(str(length))
-        out.append(str(length).encode("ascii") + body)
-    return b"".join(out)
-
-
-class _HeaderMaker:
-    """Builds the header blocks of regular-file members for fixed mode, owner and format."""
-
-    def __init__(self, user: str, group: str, mode: int, tar_format: str):
-        self.format = tar_format
-        self.magic = _POSIX_MAGIC if tar_format == _USTAR else _GNU_MAGIC
-        self.pax_owner: dict[str, str] = {}
-        uname = self._owner_field("uname", user)
-        gname = self._owner_field("gname", group)
-        self.mode = mode & 0o7777
-        # Header layout: name[100] mode[8] uid[8] gid[8] size[12] mtime[12] chksum[8] typeflag[1]
-        # linkname[100] magic+version[8] uname[32] gname[32] devmajor[8] devminor[8] prefix[155] pad[12].
-        self.mid = _octal(self.mode, 8) + _octal(0, 8) + _octal(0, 8)
-        # Device numbers stay NUL for regular files, as Python's tarfile leaves them.
-        self.tail = b"0" + bytes(100) + self.magic + uname + gname + bytes(16)
-        # The checksum field counts as eight spaces while the checksum is computed.
-        self.fixed_sum = sum(self.mid) + sum(self.tail) + 8 * 32
-        self._mtime = -1
-        self._mtime_field = b""
-        self._mtime_sum = 0
-
-    def _owner_field(self, name: str, value: str) -> bytes:
-        raw = value.encode("utf-8")
-        if len(raw) > 32 or not value.isascii():
-            if self.format == _GNU:
-                raise ValueError(f"{name} {value!r} does not fit a GNU tar header (32 ASCII bytes)")
-            self.pax_owner[name] = value
-            raw = value.encode("ascii", "replace")[:32]
-        return raw.ljust(32, b"\x00")
-
-    def _header(self, name: bytes, prefix: bytes, size: int, mtime: int, typeflag: bytes = b"0") -> bytes:
-        """One 512-byte header block (the general path: any type, prefix, out-of-range numbers as 0)."""
-        size_field = _octal(size if 0 <= size < _MAX_OCTAL_11 else 0, 12)
-        mtime_field = _octal(mtime if 0 <= mtime < _MAX_OCTAL_11 else 0, 12)
-        tail = typeflag + self.tail[1:]
-        mid = self.mid
-        if typeflag != b"0":  # extension headers (pax x, GNU L) are plain: mode 0644
-            mid = _octal(0o644, 8) + _octal(0, 8) + _octal(0, 8)
-        block = b"".join(
-            (
-                name.ljust(100, b"\x00"),
-                mid,
-                size_field,
-                mtime_field,
-                b" " * 8,
-                tail,
-                prefix.ljust(155, b"\x00"),
-            )
-        )
-        block = block.ljust(_BLOCK, b"\x00")
-        chksum = sum(block)
-        return block[:148] + b"%06o\x00 " % chksum + block[156:]
-
-    def make(self, name: str, size: int, mtime: int) -> bytes:
-        """The header block(s) for a regular file `name` of `size` bytes: one block in the common case."""
-        raw = name.encode("utf-8")
-        if len(raw) <= 100 and size < _MAX_OCTAL_11 and not self.pax_owner and name.isascii():
-            if mtime != self._mtime:
-                if not 0 <= mtime < _MAX_OCTAL_11:
-                    return self._make_general(name, raw, size, mtime)
-                self._mtime = mtime
-                self._mtime_field = _octal(mtime, 12)
-                self._mtime_sum = sum(self._mtime_field)
-            size_field = b"%011o\x00" % size
-            chksum = self.fixed_sum + sum(raw) + sum(size_field) + self._mtime_sum
-            return b"".join(
-                (
-                    raw,
-                    _PADDING[100 - len(raw)],
-                    self.mid,
-                    size_field,
-                    self._mtime_field,
-                    b"%06o\x00 " % chksum,
-                    self.tail,
-                    _PADDING[167],
-                )
-            )
-        return self._make_general(name, raw, size, mtime)
-
-    def _make_general(self, name: str, raw: bytes, size: int, mtime: int) -> bytes:
-        """Headers for names, sizes or owners that do not fit plain ustar fields."""
-        pax = dict(self.pax_owner)
-        prefix = b""
-        field = raw
-        longlink = b""
-        if self.format == _GNU:
-            if len(raw) > 100:
-                # GNU long name: a "././@LongLink" member of type L holding the name, then the real header.
-                longname = raw + b"\x00"
-                longlink = self._header(b"././@LongLink", b"", len(longname), 0, b"L")
-                longlink += longname + _PADDING[(-len(longname)) % _BLOCK]
-                field = raw[:100]
-        elif not name.isascii():
-            # pax carries UTF-8 names portably; the ustar field gets an ASCII stand-in.
-            pax["path"] = name
-            field = name.encode("ascii", "replace")[:100]
-        elif len(raw) > 100:
-            split = self._split(raw)
-            if split is not None:
-                prefix, field = split
-            else:
-                pax["path"] = name
-                field = raw[:100]
-        if not 0 <= size < _MAX_OCTAL_11:
-            if self.format == _GNU:
-                raise ValueError(f"member {name!r} is too large for a GNU tar header ({size} bytes)")
-            pax["size"] = str(size)
-        if not 0 <= mtime < _MAX_OCTAL_11:
-            if self.format == _GNU:
-                mtime = 0
-            else:
-                pax["mtime"] = str(mtime)
-        out = longlink
-        if pax:
-            records = _pax_records(pax)
-            out = self._header(b"././@PaxHeader", b"", len(records), 0, b"x")
-            out += records + _PADDING[(-len(records)) % _BLOCK]
-        return out + self._header(field, prefix, size, mtime)
-
-    @staticmethod
-    def _split(raw: bytes) -> tuple[bytes, bytes] | None:
-        """Splits a long name at a slash into ustar's prefix (<= 155 bytes) and name (<= 100 bytes)."""
-        cut = raw.find(b"/", 1)
-        while 0 < cut <= 155:
-            if 0 < len(raw) - cut - 1 <= 100:
-                return raw[:cut], raw[cut + 1 :]
-            cut = raw.find(b"/", cut + 1)
-        return None
-
-
-################################################################
 # output buffering and compression
 ################################################################
 
@@ -517,12 +337,12 @@ class _Output:
                 data = bytes(data)  # a mutable buffer could change before it is written
             self.pieces += (small, data)
             self.pending += len(small) + size
-            self.small = bytearray(_PADDING[(-size) % _BLOCK])
+            self.small = bytearray(padding(size))
             if len(self.pieces) >= self._MAX_PIECES:
                 self.flush()
         else:
             small += data
-            small += _PADDING[(-size) % _BLOCK]
+            small += padding(size)
 
     def maybe_flush(self) -> None:
         """Writes the queued bytes out once there are enough of them."""
@@ -669,7 +489,7 @@ class TarWriter:
         mtime: float | None = None,
         format: Any = None,
     ) -> None:
-        self._headers = _HeaderMaker(user, group, mode, _tar_format(format))
+        self._headers = HeaderMaker(user, group, mode, tar_format(format))
         self.mtime = mtime
         self.user = user
         self.group = group
@@ -738,7 +558,7 @@ class TarWriter:
             size = len(data)
             header = make(key + "." + k, size, mtime)
             members.append((header, data))
-            total += len(header) + size + (-size) % _BLOCK
+            total += member_size(header, size)
         return members, total
 
     def _write_prepared(self, members: list[tuple[bytes, Any]], total: int) -> None:
@@ -772,12 +592,6 @@ class TarWriter:
         self._write_prepared(members, total)
         return total
 
-    @staticmethod
-    def _final_size(offset: int) -> int:
-        """The size of a tar stream of `offset` bytes of members once its end blocks and padding are added."""
-        end = offset + 2 * _BLOCK
-        return end + (-end) % _RECORD
-
     def close(self) -> None:
         """Ends the archive, flushes it, and closes the output if this writer opened it.
 
@@ -797,7 +611,7 @@ class TarWriter:
             return
         try:
             out = self._out
-            out.small += bytes(self._final_size(self._offset) - self._offset)
+            out.small += bytes(archive_size(self._offset) - self._offset)
             out.flush()
             if isinstance(out.sink, _Compressed):
                 out.sink.close()
@@ -879,7 +693,7 @@ class ShardWriter:
         members, total = self.tarstream._prepare(obj)
         full = self.count >= self.maxcount
         if not full and self.count > 0:
-            full = TarWriter._final_size(self.size + total) > self.maxsize
+            full = archive_size(self.size + total) > self.maxsize
         if full:
             self.next_stream()
             assert self.tarstream is not None

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import IO, Any, BinaryIO
 
 from .. import utils
+from ..tarformat import archive_size, padding
 from ._util import AtomicOutput, CommandError, compression_of, stops_cleanly
 from .progress import Progress
 
@@ -37,8 +38,6 @@ example:
   $ cat shard-000.txt | fastwds create - -o - | gsutil cp - gs://bucket/shard-000.tar
 """
 
-_BLOCK = 512
-_RECORD = 20 * _BLOCK
 # Command output up to this size stays in memory; more spills to a temporary file.
 _SPOOL_BYTES = 64 * 1024 * 1024
 _STDERR_TAIL = 2000
@@ -218,14 +217,13 @@ class TarStream:
                 )
             self.out.write(chunk)
             remaining -= len(chunk)
-        padding = (-content.size) % _BLOCK
-        self.out.write(bytes(padding))
-        self.offset += len(header) + content.size + padding
+        pad = padding(content.size)
+        self.out.write(pad)
+        self.offset += len(header) + content.size + len(pad)
 
     def finish(self) -> None:
         """Writes the end-of-archive blocks and record padding, and ends the gzip stream."""
-        end = self.offset + 2 * _BLOCK
-        self.out.write(bytes(2 * _BLOCK + (-end) % _RECORD))
+        self.out.write(bytes(archive_size(self.offset) - self.offset))
         if self.gz is not None:
             self.gz.close()
         self.raw.flush()
