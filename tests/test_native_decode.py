@@ -102,9 +102,26 @@ def test_decode_on_reader_threads_equals_webdataset_and_pillow(image_shards, spe
 
 def test_the_original_pipeline_is_unchanged_by_a_derived_decode(image_shards) -> None:
     raw = fastwds.WebDataset(image_shards, shardshuffle=False)
+    tar_stage = _tar_stage(raw)
     decoded = raw.decode("rgb8")
+    cropped = raw.decode_images("rgb8", size=(8, 8))
     assert isinstance(next(iter(decoded))["jpg"], np.ndarray)
+    assert next(iter(cropped))["jpg"].shape == (8, 8, 3)
     assert isinstance(next(iter(raw))["jpg"], bytes)
+    # Each derived pipeline has a tar stage of its own; the original's is the same object, unchanged.
+    assert _tar_stage(raw) is tar_stage and not tar_stage.decodes_images
+    assert _tar_stage(decoded) is not tar_stage and _tar_stage(cropped) is not tar_stage
+
+
+def test_with_images_returns_a_new_tar_stage() -> None:
+    stage = ShardSamples(select_files=str.isascii, empty_check=False, reader_options={"threads": 2})
+    options = fastwds.images.native_options("rgb8", seed=1)
+    derived = stage.with_images(options)
+    assert derived is not stage and derived.decodes_images and not stage.decodes_images
+    assert (derived.images, derived.select_files, derived.empty_check) == (options, str.isascii, False)
+    assert derived.reader_options == {"threads": 2}
+    with pytest.raises(ValueError, match="decodes images already"):
+        derived.with_images(options)
 
 
 @pytest.mark.parametrize("spec", ["pil", "rgb8"])

@@ -3,7 +3,6 @@ webdataset 1.0.2's signatures and defaults; the tar stage underneath is the Rust
 
 from __future__ import annotations
 
-import copy
 import os
 import random
 import warnings
@@ -81,12 +80,11 @@ class FluidInterface:
         decoder_handlers = [autodecode.imagehandler(x) if isinstance(x, str) else x for x in args]
         decoder = autodecode.Decoder(decoder_handlers, pre=pre, post=post, only=only, partial=partial)
         first = decoder_handlers[0] if decoder_handlers else None
-        tar_stage = self._tar_stage_last()
+        tar_stage = self._tar_stage_for_images()
         # Right after the tar stage, the first handler's images (the ones it would claim first) are decoded on
         # the reader threads; anything they cannot decode stays bytes for Pillow, so results are the same.
         if (
             tar_stage is not None
-            and tar_stage.images is None
             and isinstance(first, autodecode.ImageHandler)
             and images.native_mode(first.imagespec) is not None
             and only is None
@@ -94,7 +92,7 @@ class FluidInterface:
         ):
             options = images.native_options(first.imagespec, first.extensions, keep_bytes_on_error=True)
             decoder.predecoded = first
-            return self._with_tar_stage(tar_stage, options).map(decoder, handler=handler)
+            return self.with_last_stage(tar_stage.with_images(options)).map(decoder, handler=handler)
         return self.map(decoder, handler=handler)
 
     def decode_images(
@@ -116,28 +114,22 @@ class FluidInterface:
         Right after the tar stage this runs on the reader threads; elsewhere in this process. Other fields
         stay bytes."""
         transform = dict(size=size, crop=crop, scale=scale, ratio=ratio, flip=flip, seed=seed)
-        tar_stage = self._tar_stage_last()
-        if tar_stage is None or tar_stage.images is not None:
+        tar_stage = self._tar_stage_for_images()
+        if tar_stage is None:
             return self.compose(
                 images.decode_images(imagespec, extensions=extensions, handler=handler, **transform)
             )
         options = images.native_options(imagespec, extensions, **transform)
-        return self._with_tar_stage(tar_stage, options).compose(
+        return self.with_last_stage(tar_stage.with_images(options)).compose(
             images.FinishImages(imagespec, handler=handler)
         )
 
-    def _tar_stage_last(self) -> ShardSamples | None:
-        pipeline = getattr(self, "pipeline", None)
-        last = pipeline[-1] if pipeline else None
-        return last if isinstance(last, ShardSamples) else None
-
-    def _with_tar_stage(self, tar_stage: ShardSamples, options: dict[str, Any]) -> Any:
-        """A copy of this pipeline whose tar stage decodes images (this pipeline's stage is unchanged)."""
-        stage = copy.copy(tar_stage)
-        stage.images = options
-        result = self.compose()
-        result.pipeline[-1] = stage
-        return result
+    def _tar_stage_for_images(self) -> ShardSamples | None:
+        """The last stage if it is a tar stage that can still take on decoding images, else None."""
+        last = self.stage(-1) if self.pipeline else None
+        if isinstance(last, ShardSamples) and not last.decodes_images:
+            return last
+        return None
 
     def map_dict(self, handler: Callable[[BaseException], bool] = reraise_exception, **kw: Any) -> Any:
         """Apply `kw[field]` to each named field of dict samples."""

@@ -117,6 +117,12 @@ class DataPipeline(LazyIterableDataset, PipelineStage):
             result.append(arg)
         return result
 
+    def with_last_stage(self, stage: Any) -> DataPipeline:
+        """Return a copy of this pipeline whose last stage is `stage` instead; this one is unchanged."""
+        result = copy.copy(self)
+        result.pipeline = [*result.pipeline[:-1], stage]
+        return result
+
     def with_length(self, n: int, silent: bool = False) -> DataPipeline:
         """Give the pipeline a `__len__` returning `n` (for trainers that want one); returns self.
 

@@ -9,6 +9,7 @@ code that composes them; the first two read through the core as well.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import sys
@@ -333,6 +334,21 @@ class ShardSamples:
                 "No samples found in dataset; perhaps you have fewer shards than workers.\n"
                 + "Turn off using empty_check=False in the WebDataset constructor."
             )
+
+    @property
+    def decodes_images(self) -> bool:
+        """Whether this stage decodes image fields on the reader threads."""
+        return self.images is not None
+
+    def with_images(self, images: dict[str, Any]) -> ShardSamples:
+        """A new tar stage, like this one but decoding image fields on the reader threads with `images` (the
+        core's `images=` options, see `fastwds.images`); this stage is unchanged. Raises ValueError when this
+        stage decodes images already (a later image stage then decodes in Python)."""
+        if self.images is not None:
+            raise ValueError("this tar stage decodes images already")
+        stage = copy.copy(self)
+        stage.images = images
+        return stage
 
 
 def url_opener(
