@@ -105,7 +105,7 @@ def test_without_extensions_dicts_and_unhandled_fields_stay_bytes(v1_shards):
 def test_decoder_specs(v1_shards, spec, check):
     images = [x for (x,) in dataset.WebDataset(v1_shards, extensions="png;jpg", decoder=spec)]
     raws = raw_images(v1_shards)
-    assert len(images) == 6
+    assert len(images) == len(raws) == 6
     assert all(check(image, raw) for image, raw in zip(images, raws))
 
 
@@ -165,7 +165,7 @@ def test_opener_with_names_that_are_not_paths(v1_shards):
     assert got == [(b"0",), (b"1",), (b"2",), (b"3",), (b"0",), (b"1",)]
     urls = [s["__url__"] for s in dataset.WebDataset(["second"], decoder=None, opener=opener)]
     assert urls == ["second"] * 3
-    assert all(stream.closed for stream in opened)
+    assert len(opened) == 3 and all(stream.closed for stream in opened)
 
 
 def test_associate_function_and_dict(v1_shards):

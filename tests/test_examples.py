@@ -138,7 +138,7 @@ def test_augment_shards_on_a_local_dask_cluster(tmp_path):
     assert [Path(p).name for p in outputs] == [Path(p).name for p in inputs] and len(inputs) == 4
     source = ref_read(inputs)
     augmented = ref_read(outputs)
-    assert [s["__key__"] for s in augmented] == [s["__key__"] for s in source]
+    assert [s["__key__"] for s in augmented] == [s["__key__"] for s in source] and len(source) == 4 * 8
     assert [s["cls"] for s in augmented] == [s["cls"] for s in source]
     assert all(set(s) == {"__key__", "png", "cls"} for s in augmented)
     assert (

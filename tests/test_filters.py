@@ -283,7 +283,8 @@ def test_rsample_same_draws_with_seeded_global_random():
 
 @pytest.mark.parametrize("args", [(3,), (2, 8), (1, 9, 3), (0, None, 4), (20,)])
 def test_slice(args):
-    both("slice", samples(10), *args)
+    out = both("slice", samples(10), *args)
+    assert [s["__key__"] for s in out] == [f"k{i:03d}" for i in range(10)][slice(*args)]
 
 
 # ---------------------------------------------------------------- batching
@@ -296,7 +297,8 @@ def test_batched_partial_and_lists(n, bs, partial):
     out = both("batched", data, bs, partial=partial)
     assert len(out) == (n // bs + (1 if partial and n % bs else 0))
     out = both("batched", data, bs, collation_fn=None, partial=partial)
-    assert all(isinstance(b, list) for b in out)
+    lists = [data[i : i + bs] for i in range(0, n, bs)]
+    assert out == [b for b in lists if partial or len(b) == bs]
 
 
 def test_batched_collates_like_reference():

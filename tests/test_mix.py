@@ -34,7 +34,9 @@ def test_round_robin_matches_reference(longest):
 
 def test_round_robin_is_reiterable_and_handles_no_datasets():
     rr = M.RoundRobin(lists(), longest=True)
-    assert list(rr) == list(rr)
+    every = [0, 100, 200, 1, 101, 201, 2, 102, 202, 3, 203, 4, 204, 205, 206, 207]
+    assert list(rr) == every
+    assert list(rr) == every, "a second pass starts over"
     assert list(M.RoundRobin([])) == []
     assert list(M.RoundRobin([], longest=True)) == []
 
