@@ -265,7 +265,7 @@ class ImageHandler:
 
         atype, etype, mode = imagespecs[self.imagespec]
         with io.BytesIO(data) as stream:
-            img = PIL.Image.open(stream)
+            img: PIL.Image.Image = PIL.Image.open(stream)
             img.load()
             img = img.convert(mode.upper())
         if atype == "pil":

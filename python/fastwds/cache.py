@@ -145,7 +145,7 @@ class LRUCleanup:
         if self.interval is not None and time.time() - self.last_run < self.interval:
             return
         try:
-            files = []
+            files: list[str] = []
             for dirpath, _, filenames in os.walk(self.cache_dir):
                 files.extend(os.path.join(dirpath, name) for name in filenames)
             total_size = sum(os.path.getsize(f) for f in files)

@@ -8,7 +8,7 @@ import random
 import warnings
 from collections.abc import Callable, Iterable
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 from . import autodecode, cache, filters, images, shardlists, utils
@@ -18,42 +18,55 @@ from .tariterators import ShardSamples
 
 __all__ = ["FluidInterface", "check_empty", "WebDataset", "FluidWrapper", "WebLoader"]
 
+# The class a fluent method is called on, which is the class of the pipeline it returns.
+_Fluid = TypeVar("_Fluid", bound="FluidInterface")
+_Dataset = TypeVar("_Dataset", bound="WebDataset")
+
 
 class FluidInterface:
     """The chainable methods of `WebDataset`, `WebLoader` and `FluidWrapper`.
 
-    Each returns a new pipeline (`self.compose(stage)`) with one more stage from `fastwds.filters`.
+    Each returns a new pipeline (`self.compose(stage)`) with one more stage from `fastwds.filters`, of the
+    same class as this one.
     """
 
+    if TYPE_CHECKING:
+        # Provided by DataPipeline, which every class with the fluent methods also derives from.
+        pipeline: list[Any]
+
+        def compose(self: _Fluid, *args: Any) -> _Fluid: ...
+        def stage(self, i: int) -> Any: ...
+        def with_last_stage(self: _Fluid, stage: Any) -> _Fluid: ...
+
     def batched(
-        self,
+        self: _Fluid,
         batchsize: int,
         collation_fn: Callable[[list[Any]], Any] | None = filters.default_collation_fn,
         partial: bool = True,
-    ) -> Any:
+    ) -> _Fluid:
         """Group samples into batches of `batchsize`, collated by `collation_fn` (None: lists); the last
         short batch is kept when `partial`."""
         return self.compose(filters.batched(batchsize, collation_fn=collation_fn, partial=partial))
 
-    def unbatched(self) -> Any:
+    def unbatched(self: _Fluid) -> _Fluid:
         """Split batches back into samples."""
         return self.compose(filters.unbatched())
 
-    def listed(self, batchsize: int, partial: bool = True) -> Any:
+    def listed(self: _Fluid, batchsize: int, partial: bool = True) -> _Fluid:
         """Group samples into lists of `batchsize` without collating (webdataset ignores `partial` here)."""
         if partial:  # bound as webdataset binds it, so the stage prints the same
             return self.compose(filters.batched(batchsize=batchsize, collation_fn=None))
         return self.compose(filters.batched(batchsize=batchsize, collation_fn=None, partial=partial))
 
-    def unlisted(self) -> Any:
+    def unlisted(self: _Fluid) -> _Fluid:
         """Split lists back into samples."""
         return self.compose(filters.unlisted())
 
-    def log_keys(self, logfile: str | None = None) -> Any:
+    def log_keys(self: _Fluid, logfile: str | None = None) -> _Fluid:
         """Append each sample's key to `logfile` (nothing when None)."""
         return self.compose(filters.log_keys(logfile))
 
-    def shuffle(self, size: int, **kw: Any) -> Any:
+    def shuffle(self: _Fluid, size: int, **kw: Any) -> _Fluid:
         """Shuffle samples through a buffer of `size` (`initial=`, `seed=`, `rng=` as `filters.shuffle`);
         `size < 1` returns self unchanged."""
         if size < 1:
@@ -61,20 +74,20 @@ class FluidInterface:
         return self.compose(filters.shuffle(size, **kw))
 
     def map(
-        self, f: Callable[[Any], Any], handler: Callable[[BaseException], bool] = reraise_exception
-    ) -> Any:
+        self: _Fluid, f: Callable[[Any], Any], handler: Callable[[BaseException], bool] = reraise_exception
+    ) -> _Fluid:
         """Apply `f` to each sample; errors go to `handler`."""
         return self.compose(filters.map(f, handler=handler))
 
     def decode(
-        self,
+        self: _Fluid,
         *args: Any,
         pre: list[Any] | None = None,
         post: list[Any] | None = None,
         only: Any = None,
         partial: bool = False,
         handler: Callable[[BaseException], bool] = reraise_exception,
-    ) -> Any:
+    ) -> _Fluid:
         """Decode fields by extension: strings are image specs ("rgb8", "pil", "torchrgb", ...), other
         arguments are handlers `f(key, data)`; see `autodecode.Decoder` for `pre`, `post`, `only`, `partial`."""
         decoder_handlers = [autodecode.imagehandler(x) if isinstance(x, str) else x for x in args]
@@ -96,7 +109,7 @@ class FluidInterface:
         return self.map(decoder, handler=handler)
 
     def decode_images(
-        self,
+        self: _Fluid,
         imagespec: str = "rgb8",
         *,
         size: tuple[int, int] | None = None,
@@ -107,13 +120,13 @@ class FluidInterface:
         seed: int | None = None,
         extensions: Any = autodecode.IMAGE_EXTENSIONS,
         handler: Callable[[BaseException], bool] = reraise_exception,
-    ) -> Any:
+    ) -> _Fluid:
         """Decode JPEG/PNG/PPM fields to `imagespec` ("rgb8", "l8", "rgb", "torchrgb", ...), pixel-identical to
         Pillow, optionally cropped to `size` (h, w) (`crop="center"`, or `"random_resized"` with torchvision's
         `scale`/`ratio`) and flipped left-right with probability `flip`; random draws repeat for a `seed`.
         Right after the tar stage this runs on the reader threads; elsewhere in this process. Other fields
         stay bytes."""
-        transform = dict(size=size, crop=crop, scale=scale, ratio=ratio, flip=flip, seed=seed)
+        transform: dict[str, Any] = dict(size=size, crop=crop, scale=scale, ratio=ratio, flip=flip, seed=seed)
         tar_stage = self._tar_stage_for_images()
         if tar_stage is None:
             return self.compose(
@@ -131,51 +144,55 @@ class FluidInterface:
             return last
         return None
 
-    def map_dict(self, handler: Callable[[BaseException], bool] = reraise_exception, **kw: Any) -> Any:
+    def map_dict(
+        self: _Fluid, handler: Callable[[BaseException], bool] = reraise_exception, **kw: Any
+    ) -> _Fluid:
         """Apply `kw[field]` to each named field of dict samples."""
         return self.compose(filters.map_dict(handler=handler, **kw))
 
-    def select(self, predicate: Callable[[Any], bool], **kw: Any) -> Any:
+    def select(self: _Fluid, predicate: Callable[[Any], bool], **kw: Any) -> _Fluid:
         """Keep the samples for which `predicate` is true."""
         return self.compose(filters.select(predicate, **kw))
 
-    def to_tuple(self, *args: Any, **kw: Any) -> Any:
+    def to_tuple(self: _Fluid, *args: Any, **kw: Any) -> _Fluid:
         """Turn dict samples into tuples of the named fields (`"jpg;png"` takes the first present)."""
         return self.compose(filters.to_tuple(*args, **kw))
 
-    def map_tuple(self, *args: Any, handler: Callable[[BaseException], bool] = reraise_exception) -> Any:
+    def map_tuple(
+        self: _Fluid, *args: Any, handler: Callable[[BaseException], bool] = reraise_exception
+    ) -> _Fluid:
         """Apply `args[i]` to element i of tuple samples."""
         return self.compose(filters.map_tuple(*args, handler=handler))
 
-    def slice(self, *args: int) -> Any:
+    def slice(self: _Fluid, *args: int) -> _Fluid:
         """Keep samples `itertools.islice(stream, *args)`."""
         return self.compose(filters.slice(*args))
 
-    def rename(self, **kw: Any) -> Any:
+    def rename(self: _Fluid, **kw: Any) -> _Fluid:
         """Rename fields: `rename(image="jpg;png", keep=True)`."""
         return self.compose(filters.rename(**kw))
 
-    def rsample(self, p: float = 0.5) -> Any:
+    def rsample(self: _Fluid, p: float = 0.5) -> _Fluid:
         """Keep each sample with probability `p`."""
         return self.compose(filters.rsample(p))
 
-    def rename_keys(self, *args: Any, **kw: Any) -> Any:
+    def rename_keys(self: _Fluid, *args: Any, **kw: Any) -> _Fluid:
         """Rename fields by glob patterns (see `filters.rename_keys`)."""
         return self.compose(filters.rename_keys(*args, **kw))
 
-    def extract_keys(self, *args: Any, **kw: Any) -> Any:
+    def extract_keys(self: _Fluid, *args: Any, **kw: Any) -> _Fluid:
         """Turn samples into tuples of the fields matching glob patterns (see `filters.extract_keys`)."""
         return self.compose(filters.extract_keys(*args, **kw))
 
-    def xdecode(self, *args: Any, **kw: Any) -> Any:
+    def xdecode(self: _Fluid, *args: Any, **kw: Any) -> _Fluid:
         """Decode fields with decoders chosen by glob patterns (see `filters.xdecode`)."""
         return self.compose(filters.xdecode(*args, **kw))
 
-    def mcached(self) -> Any:
+    def mcached(self: _Fluid) -> _Fluid:
         """Cache the samples of the first pass in memory and replay them afterwards."""
         return self.compose(filters.Cached())
 
-    def lmdb_cached(self, *args: Any, **kw: Any) -> Any:
+    def lmdb_cached(self: _Fluid, *args: Any, **kw: Any) -> _Fluid:
         """Cache the samples of the first pass in an LMDB database (see `filters.LMDBCached`)."""
         return self.compose(filters.LMDBCached(*args, **kw))
 
@@ -333,7 +350,7 @@ class WebDataset(DataPipeline, FluidInterface):
             return
         raise ValueError(f"cannot handle urls of type {type(urls)}")
 
-    def set_epoch(self, epoch: int) -> WebDataset:
+    def set_epoch(self: _Dataset, epoch: int) -> _Dataset:
         """Make the next pass epoch `epoch` for the shard shuffle, resampling and random crops (for
         DataLoader workers that are not persistent, which start each epoch from a fresh copy); returns self."""
         for stage in self.pipeline:
@@ -349,7 +366,7 @@ class WebDataset(DataPipeline, FluidInterface):
                 stage.epoch = epoch - 1
         return self
 
-    def __enter__(self) -> WebDataset:
+    def __enter__(self: _Dataset) -> _Dataset:
         return self
 
     def __exit__(self, *args: Any) -> None:

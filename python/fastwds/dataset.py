@@ -43,7 +43,7 @@ def imagehandler(data: bytes, imagespec: str) -> Any:
         raise ValueError(f"unknown image specification {imagespec!r}; one of {sorted(imagespecs)}")
     atype, etype, mode = imagespecs[spec]
     with io.BytesIO(data) as stream:
-        img = PIL.Image.open(stream)
+        img: PIL.Image.Image = PIL.Image.open(stream)
         img.load()
         img = img.convert(mode.upper())
     if atype == "pil":
@@ -301,8 +301,8 @@ class WebDataset(LazyIterableDataset):
                 return
             yield sample
 
-    def _transformed(self, samples: Iterable[Any]) -> Iterator[Any]:
-        transforms = self.transforms
+    @staticmethod
+    def _transformed(samples: Iterable[Any], transforms: list[Callable[[Any], Any] | None]) -> Iterator[Any]:
         for sample in samples:
             if not isinstance(sample, (tuple, list)):
                 raise TypeError("transforms= apply to tuple samples: give extensions= as well")
@@ -323,7 +323,7 @@ class WebDataset(LazyIterableDataset):
             if self.shuffle > 1:
                 samples = _shuffle(samples, self.shuffle, min(100, self.shuffle))
             if self.transforms:
-                samples = self._transformed(samples)
+                samples = self._transformed(samples, self.transforms)
             yield from samples
         finally:
             raw.close()

@@ -240,7 +240,7 @@ def _randbelow_of(rng: Any) -> Callable[[int], int]:
     cls = type(rng)
     if isinstance(rng, random.Random) and cls.randint is random.Random.randint:
         if cls.randrange is random.Random.randrange:
-            return rng._randbelow
+            return rng._randbelow  # type: ignore[attr-defined]
     return lambda n: rng.randint(0, n - 1)
 
 

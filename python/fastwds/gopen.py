@@ -92,11 +92,14 @@ class Pipe:
         if tee:
             kw = dict(kw, stderr=subprocess.PIPE)
         if mode[0] == "r":
-            self.proc = subprocess.Popen(*args, stdout=subprocess.PIPE, **kw)
-            self.stream: IO[bytes] = self.proc.stdout  # type: ignore[assignment]
+            # (mypy finds no Popen overload for arguments passed on as *args and **kw)
+            proc = subprocess.Popen(*args, stdout=subprocess.PIPE, **kw)  # type: ignore[call-overload]
+            stream = proc.stdout
         else:
-            self.proc = subprocess.Popen(*args, stdin=subprocess.PIPE, **kw)
-            self.stream = self.proc.stdin  # type: ignore[assignment]
+            proc = subprocess.Popen(*args, stdin=subprocess.PIPE, **kw)  # type: ignore[call-overload]
+            stream = proc.stdin
+        self.proc: subprocess.Popen[bytes] = proc
+        self.stream: IO[bytes] = stream
         if tee and self.proc.stderr is not None:
             self._stderr_thread = threading.Thread(
                 target=self._tee_stderr, args=(self.proc.stderr,), name="fastwds-pipe-stderr", daemon=True

@@ -7,12 +7,15 @@ import sys
 import warnings
 from collections.abc import Iterator
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar
 
 from .pytorch import LazyIterableDataset
 from .utils import PipelineStage
 
 __all__ = ["DataPipeline", "add_length_method"]
+
+# A pipeline's own class, which is the class of the copies its methods return.
+_Pipeline = TypeVar("_Pipeline", bound="DataPipeline")
 
 
 def add_length_method(obj: Any) -> Any:
@@ -109,7 +112,7 @@ class DataPipeline(LazyIterableDataset, PipelineStage):
         """Append a stage to this pipeline (in place)."""
         self.pipeline.append(f)
 
-    def compose(self, *args: Any) -> DataPipeline:
+    def compose(self: _Pipeline, *args: Any) -> _Pipeline:
         """Return a copy of this pipeline with the stages `args` appended; this one is unchanged."""
         result = copy.copy(self)
         result.pipeline = copy.copy(result.pipeline)
@@ -117,13 +120,13 @@ class DataPipeline(LazyIterableDataset, PipelineStage):
             result.append(arg)
         return result
 
-    def with_last_stage(self, stage: Any) -> DataPipeline:
+    def with_last_stage(self: _Pipeline, stage: Any) -> _Pipeline:
         """Return a copy of this pipeline whose last stage is `stage` instead; this one is unchanged."""
         result = copy.copy(self)
         result.pipeline = [*result.pipeline[:-1], stage]
         return result
 
-    def with_length(self, n: int, silent: bool = False) -> DataPipeline:
+    def with_length(self: _Pipeline, n: int, silent: bool = False) -> _Pipeline:
         """Give the pipeline a `__len__` returning `n` (for trainers that want one); returns self.
 
         This does not change how many samples an epoch has. Warns (UserWarning) unless `silent`.
@@ -138,14 +141,14 @@ class DataPipeline(LazyIterableDataset, PipelineStage):
         self.size = n
         return add_length_method(self)
 
-    def with_epoch(self, nsamples: int = -1, nbatches: int = -1) -> DataPipeline:
+    def with_epoch(self: _Pipeline, nsamples: int = -1, nbatches: int = -1) -> _Pipeline:
         """Make each epoch exactly `max(nsamples, nbatches)` items, restarting the source as often as needed;
         returns self. For endless (resampled) sources this is how an epoch gets an end."""
         self.repetitions = sys.maxsize
         self.nsamples = max(nsamples, nbatches)
         return self
 
-    def repeat(self, nepochs: int = -1, nbatches: int = -1) -> DataPipeline:
+    def repeat(self: _Pipeline, nepochs: int = -1, nbatches: int = -1) -> _Pipeline:
         """Make each epoch `nepochs` passes over the source (endless when `nepochs <= 0`), cut at `nbatches`
         items when that is positive; returns self."""
         if nepochs > 0:

@@ -15,7 +15,7 @@ import re
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -59,7 +59,7 @@ def base_plus_ext(path: str) -> tuple[str, str] | tuple[None, None]:
     return match.group(1), match.group(2)
 
 
-def valid_sample(sample: Any) -> bool:
+def valid_sample(sample: Any) -> TypeGuard[dict[str, Any]]:
     """Tell whether `sample` is a non-empty dict not marked `__bad__`."""
     return (
         sample is not None

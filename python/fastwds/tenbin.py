@@ -126,7 +126,7 @@ def _normalized(a: np.ndarray) -> np.ndarray:
 
 def _byte_view(a: np.ndarray) -> memoryview:
     """A flat unsigned-byte view of the array's data (works for empty and 0-d arrays too)."""
-    return memoryview(_normalized(a).reshape(-1).view(np.uint8))
+    return _normalized(a).reshape(-1).view(np.uint8).data
 
 
 def _as_bytes(b: Any) -> Any:

@@ -129,7 +129,8 @@ def numpy_npz_dumps(data: dict[str, np.ndarray]) -> bytes:
         if not isinstance(k, str) or not isinstance(v, np.ndarray):
             raise ValueError(f"npz needs a dict of str -> numpy array; {k!r} maps to {type(v).__name__}")
     stream = io.BytesIO()
-    np.savez_compressed(stream, **data)
+    arrays: dict[str, Any] = data
+    np.savez_compressed(stream, **arrays)
     return stream.getvalue()
 
 
@@ -143,9 +144,9 @@ def tenbin_dumps(x: Any) -> memoryview:
 def cbor_dumps(x: Any) -> bytes:
     """Serializes an object as CBOR (with the `cbor` package, or `cbor2`)."""
     try:
-        import cbor  # type: ignore[import-not-found]
+        import cbor
     except ImportError:
-        import cbor2 as cbor  # type: ignore[import-not-found,no-redef]
+        import cbor2 as cbor
     return cbor.dumps(x)
 
 
@@ -541,6 +542,7 @@ class TarWriter:
         members = []
         total = 0
         make = self._headers.make
+        data: bytes | bytearray | memoryview
         for k, v in obj.items():
             if k[0] == "_":
                 if k == "__key__" or not self.keep_meta:

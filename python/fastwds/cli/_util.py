@@ -55,8 +55,8 @@ def stops_cleanly(run: Callable[[Any], int]) -> Callable[[Any], int]:
         except Terminated as exc:
             received = exc.signum
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            for restored, handler in previous.items():
+                signal.signal(restored, handler)
         try:
             sys.stdout.flush()
         except (OSError, ValueError):

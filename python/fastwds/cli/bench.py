@@ -64,7 +64,7 @@ def make_sample_set(directory: Path, shards: int = 4, per_shard: int = 250) -> l
         h, w = (int(x) for x in rng.integers(256, 400, size=2))
         # Smooth noise compresses like a photo (tens of KB), unlike white noise.
         small = rng.integers(0, 256, size=(h // 8, w // 8, 3), dtype=np.uint8)
-        image = Image.fromarray(small).resize((w, h), Image.BILINEAR)
+        image = Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=90)
         pool.append(buf.getvalue())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from .._core import ShardReader
@@ -53,7 +53,7 @@ def selected_fields(text: str | None) -> list[str] | None:
     return fields
 
 
-def samples_of(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+def samples_of(args: argparse.Namespace) -> Generator[dict[str, Any], None, None]:
     """The samples the arguments ask for: read, sliced, shuffled, with only the selected fields.
 
     Closing the generator stops the reader threads at once (a slice usually ends before the inputs do).

@@ -119,7 +119,7 @@ class Fetcher:
                 raise CommandError(f"{self.where(entry)}: cannot read: {exc.strerror or exc}") from None
         size = spool.tell()
         spool.seek(0)
-        return Content(spool, size, mtime)  # type: ignore[arg-type]
+        return Content(spool, size, mtime)
 
     def _run(self, entry: Entry, command: str) -> Content:
         spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
@@ -146,7 +146,8 @@ class Fetcher:
             except BaseException:
                 # Interrupted (Ctrl-C, SIGTERM) or failed while reading: the command must not outlive us.
                 _kill_group(child)
-                child.stdout.close()
+                if child.stdout is not None:
+                    child.stdout.close()
                 child.wait()
                 raise
             finally:
@@ -165,7 +166,7 @@ class Fetcher:
             size = spool.tell()
             spool.seek(0)
             mtime = int(time.time()) if self.mtime is None else self.mtime
-            return Content(spool, size, mtime)  # type: ignore[arg-type]
+            return Content(spool, size, mtime)
         except BaseException:
             spool.close()
             raise
