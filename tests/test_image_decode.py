@@ -537,7 +537,7 @@ def _damaged(data: bytes, rng: np.random.Generator) -> bytes:
 def test_damaged_jpegs_fail_or_decode_as_pillow(crop: str | None) -> None:
     # Whatever Pillow refuses, we refuse; whatever both decode is identical (a crop: identical to the crop of
     # Pillow's full decode, since a cropped JPEG is decoded only around the crop). The one difference allowed,
-    # and listed in the README: data that never reaches its end marker after damage is refused as truncated
+    # and listed in docs/differences.md: data that never reaches its end marker after damage is refused as truncated
     # even where Pillow, having output its last row, keeps it.
     rng = np.random.default_rng(3)
     base = _with_noise(smooth(90, 120))

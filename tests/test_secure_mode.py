@@ -135,7 +135,7 @@ def test_xdecode_refuses_pickles_where_webdataset_unpickles(secure) -> None:
     sample = {"__key__": "k", "x.pyd": pickle.dumps(5)}
     with pytest.raises(ValueError, match="(?i)unpickl"):
         list(fastwds.filters.xdecode()([dict(sample)]))
-    # The reference's xdecode has no check (see README, "Differences").
+    # The reference's xdecode has no check (see README, "Secure mode").
     assert list(webdataset.filters.xdecode()([dict(sample)]))[0]["x.pyd"] == 5
 
 
