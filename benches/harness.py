@@ -24,13 +24,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import datasets  # noqa: E402  (benches/ is not a package; the script's own directory comes first)
 import measure  # noqa: E402
+import memory  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CACHE = HERE / ".cache"
 QUICK_SCALE = 0.05
-# The ring buffer budget of ShardReader's defaults plus what we allow as fixed overhead on top of it.
+# The ring buffer budget of ShardReader's defaults. Its rows' peak RSS growth is checked against
+# `memory.rss_bound_mb`: this buffer, plus a sample per ring queue, per reader thread and two in the consumer's
+# hands, times the reader threads unless malloc has one arena (glibc keeps freed samples in each reader
+# thread's arena), plus `memory.RSS_OVERHEAD_MB` (benches/memory.py measures it behind a slow consumer).
 RING_BUFFER_MB = 256
-RSS_OVERHEAD_MB = 100
 # Libraries whose versions go under the table (torchvision and DALI are optional: their rows are n/a without).
 REPORTED_VERSIONS = (
     "fastwds",
@@ -219,6 +222,13 @@ def _share_of(result: dict[str, Any], other: dict[str, Any] | None) -> float | N
     return result["samples_s"] / other["samples_s"]
 
 
+def _size(mb: float) -> str:
+    """A size given in MiB, in the unit that suits it."""
+    if mb >= 1:
+        return f"{mb:.3g} MB"
+    return f"{mb * 1024:.3g} KB" if mb * 1024 >= 1 else f"{mb * 2**20:.0f} B"
+
+
 def targets_for(row: Row, result: dict[str, Any], results: dict[Row, dict[str, Any]]) -> list[Target]:
     """The issue's targets that apply to `row`, evaluated on this run's `results`."""
     if not row.reader.startswith("fastwds") or result.get("status") != "ok":
@@ -249,10 +259,16 @@ def targets_for(row: Row, result: dict[str, Any], results: dict[Row, dict[str, A
             targets.append(_ratio_target(share, 0.90, "pipeline overhead < 10% of ShardReader"))
         if row.reader == "fastwds-core":
             delta = result["peak_rss_mb"] - result["rss_after_imports_mb"]
+            sample_mb = result.get("sample_mb", 0.0)
+            threads, queues = memory.reader_shape({})
+            kept = not memory.one_arena()
+            bound = memory.rss_bound_mb(RING_BUFFER_MB, sample_mb, threads, queues, kept)
+            live = f"{RING_BUFFER_MB}+{queues + threads + 2}x{_size(sample_mb)}"
+            formula = f"{threads}x({live})" if kept and threads > 1 else live
             targets.append(
                 Target(
-                    f"peak RSS - imports <= {RING_BUFFER_MB}+{RSS_OVERHEAD_MB} MB",
-                    delta <= RING_BUFFER_MB + RSS_OVERHEAD_MB,
+                    f"peak RSS - imports <= {formula}+{memory.RSS_OVERHEAD_MB} = {bound:,.0f} MB",
+                    delta <= bound,
                 )
             )
     elif row.workload == "write":
@@ -515,6 +531,10 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"    {result.get('status')}: {result.get('error')}")
     results = {row: median_run(row_runs) for row, row_runs in runs.items()}
     add_rates(results)
+    for row, result in results.items():
+        # The mean sample of the set (its tar bytes, headers included, per sample): the memory bound's unit.
+        data = made[row.dataset]
+        result["sample_mb"] = data.tar_bytes / data.samples / 2**20
     for row, result in results.items():
         result["targets"] = targets_for(row, result, results)
 
