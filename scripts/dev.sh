@@ -24,7 +24,8 @@ DIST="$ROOT/target/dist"
 WHEEL_TOOLS=("ziglang==0.17.1" "auditwheel>=6.8,<7")
 cd "$ROOT"
 
-step() { printf '\n== %s\n' "$*"; }
+# Each step is stamped with the seconds since the start, to see where the time goes.
+step() { printf '\n== [%d s] %s\n' "$SECONDS" "$*"; }
 
 ensure_toolchain() {
     if ! command -v cargo >/dev/null 2>&1; then
@@ -176,6 +177,7 @@ case "$cmd" in
         "$VENV/bin/ruff" format --check python tests benches examples scripts
         step "pytest";   "$PY" -m pytest -q -p no:cacheprovider
         wheel_check
+        step "all checks passed"
         ;;
     *)
         sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
