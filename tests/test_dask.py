@@ -138,3 +138,21 @@ def test_repeated_tasks_leak_no_threads_handles_or_children(client, tmp_path):
         assert resources["threads"] <= before[worker]["threads"], (worker, before[worker], resources)
         assert resources["fds"] <= before[worker]["fds"], (worker, before[worker], resources)
         assert resources["children"] == 0, (worker, resources)
+
+
+def read_all_keys(url: str) -> list[str]:
+    """Reads every sample of a shard with WebDataset."""
+    return [s["__key__"] for s in fastwds.WebDataset(url, shardshuffle=False)]
+
+
+def test_a_shard_error_in_a_task_reaches_the_client_whole(client, tmp_path):
+    (url,) = write_shards(tmp_path, nshards=1, per_shard=5)
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(Path(url).read_bytes()[:5000])
+    with pytest.raises(fastwds.ShardError) as local:
+        read_all_keys(str(cut))
+    with pytest.raises(fastwds.ShardError) as remote:
+        client.submit(read_all_keys, str(cut), pure=False).result()
+    want, got = local.value, remote.value
+    assert (got.url, got.member, got.offset, got.kind) == (want.url, want.member, want.offset, "truncated")
+    assert str(got) == str(want)

@@ -6,8 +6,12 @@ mod buffer;
 mod errors;
 mod fork;
 mod image;
+mod image_options;
+mod iterator;
+mod options;
 mod pyfile;
-mod reader;
+mod shard_reader;
+mod streams;
 mod wait;
 
 #[pymodule]
@@ -15,14 +19,16 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     fork::install();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("ShardError", py.get_type::<errors::ShardError>())?;
-    m.add("ImageDecodeError", py.get_type::<errors::ImageDecodeError>())?;
-    m.add_class::<reader::ShardReader>()?;
-    m.add_class::<reader::SampleIterator>()?;
-    m.add_function(wrap_pyfunction!(reader::tar_samples, m)?)?;
-    m.add_function(wrap_pyfunction!(reader::tar_members, m)?)?;
-    m.add_function(wrap_pyfunction!(reader::split_key, m)?)?;
-    m.add_function(wrap_pyfunction!(reader::_rebuild_reader, m)?)?;
+    // The exceptions live in fastwds.errors (a real module, so they pickle); re-exported here.
+    for name in ["ShardError", "ImageDecodeError", "DuplicateFieldError", "InsecureURLError"] {
+        m.add(name, errors::error_class(py, name)?)?;
+    }
+    m.add_class::<shard_reader::ShardReader>()?;
+    m.add_class::<iterator::SampleIterator>()?;
+    m.add_function(wrap_pyfunction!(streams::tar_samples, m)?)?;
+    m.add_function(wrap_pyfunction!(streams::tar_members, m)?)?;
+    m.add_function(wrap_pyfunction!(streams::split_key, m)?)?;
+    m.add_function(wrap_pyfunction!(shard_reader::_rebuild_reader, m)?)?;
     m.add_function(wrap_pyfunction!(image::decode_image, m)?)?;
     m.add_function(wrap_pyfunction!(image::image_crop_params, m)?)?;
     Ok(())
