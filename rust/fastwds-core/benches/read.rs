@@ -38,7 +38,7 @@ fn run(name: &str, shards: &[Vec<u8>], threads: usize) {
         }
         match pool.next(Duration::from_millis(100)) {
             Next::Item(Item::Sample(_)) => samples += 1,
-            Next::Item(Item::Error(_)) => errors += 1,
+            Next::Item(Item::Error(_) | Item::Skipped(_)) => errors += 1,
             Next::Item(Item::End) | Next::Pending => {}
             Next::Idle if pending.len() == 0 => break,
             Next::Idle => {}

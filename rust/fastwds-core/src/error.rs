@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 /// What went wrong, coarsely: the binding maps kinds to Python exception classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,9 +20,36 @@ pub enum ErrorKind {
     Command,
     /// A sample holds the same field twice.
     DuplicateField,
-    /// A user callback (rename or select) failed.
+    /// A user callback (rename or select) failed; its own error is the [`ShardError::cause`].
     Callback,
+    /// The source sent nothing for longer than the read timeout.
+    Timeout,
+    /// A member is larger than the reader's member size limit.
+    TooLarge,
+    /// A URL refused in secure mode: it would run a command.
+    Insecure,
 }
+
+impl ErrorKind {
+    /// The kind as a short word, the `kind` attribute of the Python exception.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Open => "open",
+            ErrorKind::Read => "io",
+            ErrorKind::Truncated => "truncated",
+            ErrorKind::Format => "format",
+            ErrorKind::Command => "command",
+            ErrorKind::DuplicateField => "duplicate",
+            ErrorKind::Callback => "callback",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Insecure => "insecure",
+        }
+    }
+}
+
+/// The error a user callback raised, kept whole so the binding can hand it back to its caller as itself.
+pub type CallbackError = Arc<dyn std::error::Error + Send + Sync>;
 
 /// An error while reading one shard.
 #[derive(Debug, Clone)]
@@ -31,11 +59,20 @@ pub struct ShardError {
     pub member: Option<String>,
     pub offset: Option<u64>,
     pub message: String,
+    /// What a user callback raised, for [`ErrorKind::Callback`].
+    pub cause: Option<CallbackError>,
 }
 
 impl ShardError {
     pub fn new(kind: ErrorKind, url: &str, message: impl Into<String>) -> Self {
-        ShardError { kind, url: url.to_string(), member: None, offset: None, message: message.into() }
+        ShardError { kind, url: url.to_string(), member: None, offset: None, message: message.into(), cause: None }
+    }
+
+    /// A callback's failure, keeping what it raised.
+    pub fn callback(url: &str, cause: CallbackError) -> Self {
+        let mut e = ShardError::new(ErrorKind::Callback, url, format!("callback failed: {cause}"));
+        e.cause = Some(cause);
+        e
     }
 
     pub fn with_member(mut self, member: Option<&str>) -> Self {
@@ -51,12 +88,14 @@ impl ShardError {
 
 impl fmt::Display for ShardError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.url, self.message)?;
+        // The parenthesis is also what fastwds.errors parses back where only the text crossed a process
+        // boundary (torch's DataLoader re-raises a worker's error from its traceback text).
+        write!(f, "{}: {} ({}", self.url, self.message, self.kind.name())?;
         match (&self.member, self.offset) {
-            (Some(m), Some(o)) => write!(f, " (member {m:?}, byte offset {o})"),
-            (Some(m), None) => write!(f, " (member {m:?})"),
-            (None, Some(o)) => write!(f, " (byte offset {o})"),
-            (None, None) => Ok(()),
+            (Some(m), Some(o)) => write!(f, "; member {m:?}, byte offset {o})"),
+            (Some(m), None) => write!(f, "; member {m:?})"),
+            (None, Some(o)) => write!(f, "; byte offset {o})"),
+            (None, None) => write!(f, ")"),
         }
     }
 }
@@ -88,11 +127,12 @@ impl TarError {
 
     pub fn io(offset: u64, member: Option<&str>, err: &io::Error) -> Self {
         // A decompressor reports a cut stream as UnexpectedEof: that is a truncation, not a read fault.
-        let kind = if err.kind() == io::ErrorKind::UnexpectedEof { ErrorKind::Truncated } else { ErrorKind::Read };
-        let message = if kind == ErrorKind::Truncated {
-            format!("truncated stream: {err}")
-        } else {
-            format!("read error: {err}")
+        let (kind, message) = match err.kind() {
+            io::ErrorKind::UnexpectedEof => (ErrorKind::Truncated, format!("truncated stream: {err}")),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                (ErrorKind::Timeout, format!("the source sent nothing within the read timeout: {err}"))
+            }
+            _ => (ErrorKind::Read, format!("read error: {err}")),
         };
         TarError { kind, offset, member: member.map(str::to_string), message }
     }
@@ -104,6 +144,7 @@ impl TarError {
             member: self.member,
             offset: Some(self.offset),
             message: self.message,
+            cause: None,
         }
     }
 }

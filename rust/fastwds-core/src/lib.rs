@@ -8,10 +8,10 @@
 pub mod decompress;
 pub mod error;
 pub mod image;
+mod permits;
 pub mod reader;
 pub mod ring;
 pub mod sample;
-mod slots;
 pub mod source;
 pub mod tar;
 

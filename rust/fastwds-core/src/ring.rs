@@ -1,10 +1,10 @@
-//! The bounded buffer between reader threads and the consumer: one queue per slot (per shard in flight),
+//! The bounded buffer between reader threads and the consumer: one queue per lane (per shard in flight),
 //! sharing one budget of bytes and items, so memory stays bounded whatever the shard and sample sizes.
 //!
-//! The slot the consumer is reading (`current`) has a reserved share of the budget, so it is never starved
-//! by the others and nothing deadlocks; the other slots share the rest, so a reader working ahead on the next
+//! The lane the consumer is reading (`current`) has a reserved share of the budget, so it is never starved
+//! by the others and nothing deadlocks; the other lanes share the rest, so a reader working ahead on the next
 //! shard is not idled after a fixed fraction of it. An empty queue always admits one item, so a sample larger
-//! than the whole budget still passes. Memory: at most the budget plus one item per slot.
+//! than the whole budget still passes. Memory: at most the budget plus one item per lane.
 //!
 //! Waking a sleeping consumer costs a syscall and a context switch, more than producing a small sample, so
 //! producers wake it only once a batch is ready (or on `push_urgent`); a consumer that finds its queue empty
@@ -36,7 +36,7 @@ struct State<T> {
     queues: Vec<Queue<T>>,
     total_bytes: usize,
     total_items: usize,
-    /// The slot the consumer is reading.
+    /// The lane the consumer is reading.
     current: usize,
     closed: bool,
     consumer_waiting: bool,
@@ -55,10 +55,10 @@ pub struct Ring<T> {
 }
 
 impl<T: Weighed> Ring<T> {
-    /// `slots` queues sharing `max_bytes` and `max_items`; the current slot's reserve is a `1/slots` share.
-    pub fn new(slots: usize, max_bytes: usize, max_items: usize) -> Self {
-        let slots = slots.max(1);
-        let queues = (0..slots).map(|_| Queue { items: VecDeque::new(), bytes: 0 }).collect();
+    /// `lanes` queues sharing `max_bytes` and `max_items`; the current lane's reserve is a `1/lanes` share.
+    pub fn new(lanes: usize, max_bytes: usize, max_items: usize) -> Self {
+        let lanes = lanes.max(1);
+        let queues = (0..lanes).map(|_| Queue { items: VecDeque::new(), bytes: 0 }).collect();
         let state = State {
             queues,
             total_bytes: 0,
@@ -74,15 +74,15 @@ impl<T: Weighed> Ring<T> {
             writable: Condvar::new(),
             max_bytes,
             max_items: max_items.max(1),
-            reserve_bytes: max_bytes / slots,
-            reserve_items: (max_items.max(1) / slots).max(1),
+            reserve_bytes: max_bytes / lanes,
+            reserve_items: (max_items.max(1) / lanes).max(1),
         }
     }
 
-    /// The consumer moved on to `slot`: a producer held back by the shared budget may now use the reserve.
-    pub fn set_current(&self, slot: usize) {
+    /// The consumer moved on to `lane`: a producer held back by the shared budget may now use the reserve.
+    pub fn set_current(&self, lane: usize) {
         let mut state = self.lock();
-        state.current = slot;
+        state.current = lane;
         if state.producers_waiting > 0 {
             self.writable.notify_all();
         }
@@ -92,12 +92,12 @@ impl<T: Weighed> Ring<T> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn full(&self, state: &State<T>, slot: usize) -> bool {
-        let q = &state.queues[slot];
+    fn full(&self, state: &State<T>, lane: usize) -> bool {
+        let q = &state.queues[lane];
         if q.items.is_empty() {
             return false;
         }
-        if slot == state.current {
+        if lane == state.current {
             return q.bytes >= self.reserve_bytes || q.items.len() >= self.reserve_items;
         }
         let shared_bytes = self.max_bytes - self.reserve_bytes;
@@ -105,23 +105,23 @@ impl<T: Weighed> Ring<T> {
         state.total_bytes >= shared_bytes || state.total_items >= shared_items
     }
 
-    /// Appends to a slot's queue, blocking while it is full.
-    pub fn push(&self, slot: usize, item: T) -> Result<(), Closed> {
-        self.push_inner(slot, item, false)
+    /// Appends to a lane's queue, blocking while it is full.
+    pub fn push(&self, lane: usize, item: T) -> Result<(), Closed> {
+        self.push_inner(lane, item, false)
     }
 
     /// Appends and wakes the consumer at once: for the last item of a shard, which no batch will follow.
-    pub fn push_urgent(&self, slot: usize, item: T) -> Result<(), Closed> {
-        self.push_inner(slot, item, true)
+    pub fn push_urgent(&self, lane: usize, item: T) -> Result<(), Closed> {
+        self.push_inner(lane, item, true)
     }
 
-    fn push_inner(&self, slot: usize, item: T, urgent: bool) -> Result<(), Closed> {
+    fn push_inner(&self, lane: usize, item: T, urgent: bool) -> Result<(), Closed> {
         let mut state = self.lock();
         loop {
             if state.closed {
                 return Err(Closed);
             }
-            if !self.full(&state, slot) {
+            if !self.full(&state, lane) {
                 break;
             }
             state.producers_waiting += 1;
@@ -131,25 +131,32 @@ impl<T: Weighed> Ring<T> {
         let weight = item.weight();
         state.total_bytes += weight;
         state.total_items += 1;
-        let q = &mut state.queues[slot];
+        let q = &mut state.queues[lane];
         q.bytes += weight;
         q.items.push_back(item);
-        let batch_ready = urgent || q.items.len() >= WAKE_ITEMS || q.bytes >= WAKE_BYTES || self.full(&state, slot);
+        let batch_ready = urgent || q.items.len() >= WAKE_ITEMS || q.bytes >= WAKE_BYTES || self.full(&state, lane);
         if state.consumer_waiting && batch_ready {
             self.readable.notify_one();
         }
         Ok(())
     }
 
-    /// Moves up to `max` items from a slot's queue into `out`, waiting up to `timeout` for the first one.
-    /// Returns the number moved (0 on timeout).
-    pub fn pop_into(&self, slot: usize, out: &mut VecDeque<T>, max: usize, timeout: Duration) -> Result<usize, Closed> {
+    /// Moves up to `max_items` items, and no more than `max_bytes` of them after the first, from a lane's queue
+    /// into `out`, waiting up to `timeout` for the first one. Returns the number moved (0 on timeout).
+    pub fn pop_into(
+        &self,
+        lane: usize,
+        out: &mut VecDeque<T>,
+        max_items: usize,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<usize, Closed> {
         let mut state = self.lock();
-        if state.queues[slot].items.is_empty() && !state.closed {
+        if state.queues[lane].items.is_empty() && !state.closed {
             state.consumer_waiting = true;
             let (s, _) = self
                 .readable
-                .wait_timeout_while(state, timeout, |s| s.queues[slot].items.is_empty() && !s.closed)
+                .wait_timeout_while(state, timeout, |s| s.queues[lane].items.is_empty() && !s.closed)
                 .unwrap_or_else(|e| e.into_inner());
             state = s;
             state.consumer_waiting = false;
@@ -157,18 +164,26 @@ impl<T: Weighed> Ring<T> {
         if state.closed {
             return Err(Closed);
         }
-        let q = &mut state.queues[slot];
-        let n = q.items.len().min(max);
-        let mut freed = 0;
-        for item in q.items.drain(..n) {
-            freed += item.weight();
-            out.push_back(item);
+        let q = &mut state.queues[lane];
+        // Items taken out are outside the budget until the consumer is done with them: the batch is bounded in
+        // bytes too, so large samples are not held in bulk beyond the buffer. It always takes one item.
+        let (mut n, mut freed) = (0, 0);
+        while n < max_items {
+            let Some(weight) = q.items.front().map(Weighed::weight) else { break };
+            if n > 0 && freed + weight > max_bytes {
+                break;
+            }
+            if let Some(item) = q.items.pop_front() {
+                out.push_back(item);
+            }
+            freed += weight;
+            n += 1;
         }
         q.bytes -= freed;
         state.total_bytes -= freed;
         state.total_items -= n;
         if n > 0 && state.producers_waiting > 0 {
-            // Producers wait on different slots; wake them all and let each recheck its own.
+            // Producers wait on different lanes; wake them all and let each recheck its own.
             self.writable.notify_all();
         }
         Ok(n)
@@ -215,7 +230,7 @@ mod tests {
         let mut out = VecDeque::new();
         let mut seen = 0;
         while seen < 11 {
-            seen += ring.pop_into(0, &mut out, 2, Duration::from_millis(100)).unwrap();
+            seen += ring.pop_into(0, &mut out, 2, usize::MAX, Duration::from_millis(100)).unwrap();
             let state = ring.lock();
             assert!(state.queues[0].items.len() <= 3);
         }
@@ -235,40 +250,53 @@ mod tests {
         ring.close();
         assert_eq!(producer.join().unwrap(), Err(Closed));
         let mut out = VecDeque::new();
-        assert_eq!(ring.pop_into(0, &mut out, 1, Duration::from_millis(1)), Err(Closed));
+        assert_eq!(ring.pop_into(0, &mut out, 1, usize::MAX, Duration::from_millis(1)), Err(Closed));
     }
 
     #[test]
-    fn slots_share_the_budget_and_the_current_slot_keeps_a_reserve() {
-        // Budget 6 items over 3 slots: a reserve of 2 for the slot being read, 4 shared by the others.
+    fn lanes_share_the_budget_and_the_current_lane_keeps_a_reserve() {
+        // Budget 6 items over 3 lanes: a reserve of 2 for the lane being read, 4 shared by the others.
         let ring: Arc<Ring<Vec<u8>>> = Arc::new(Ring::new(3, 1 << 20, 6));
         for i in 0..3 {
             ring.push(1, vec![i]).unwrap(); // the next shard may take the whole shared part, not just its third
         }
         ring.push(2, vec![7]).unwrap();
         ring.push(0, vec![8]).unwrap();
-        ring.push(0, vec![9]).unwrap(); // the shared part is spent, but the current slot has its reserve
+        ring.push(0, vec![9]).unwrap(); // the shared part is spent, but the current lane has its reserve
         let r = Arc::clone(&ring);
         let blocked = thread::spawn(move || r.push(1, vec![3]));
         thread::sleep(Duration::from_millis(50));
-        assert!(!blocked.is_finished(), "a slot ahead of the consumer waits once the shared part is spent");
+        assert!(!blocked.is_finished(), "a lane ahead of the consumer waits once the shared part is spent");
         let mut out = VecDeque::new();
-        ring.pop_into(0, &mut out, 10, Duration::from_millis(5)).unwrap();
+        ring.pop_into(0, &mut out, 10, usize::MAX, Duration::from_millis(5)).unwrap();
         ring.set_current(1);
         thread::sleep(Duration::from_millis(50));
-        assert!(!blocked.is_finished(), "slot 1 now holds more than the reserve");
-        ring.pop_into(1, &mut out, 2, Duration::from_millis(5)).unwrap(); // back under the reserve
+        assert!(!blocked.is_finished(), "lane 1 now holds more than the reserve");
+        ring.pop_into(1, &mut out, 2, usize::MAX, Duration::from_millis(5)).unwrap(); // back under the reserve
         assert_eq!(blocked.join().unwrap(), Ok(()));
-        ring.pop_into(1, &mut out, 10, Duration::from_millis(5)).unwrap();
+        ring.pop_into(1, &mut out, 10, usize::MAX, Duration::from_millis(5)).unwrap();
         assert_eq!(out.iter().map(|v| v[0]).collect::<Vec<_>>(), [8, 9, 0, 1, 2, 3]);
     }
 
     #[test]
-    fn pop_times_out_on_an_empty_slot() {
+    fn a_batch_stops_at_its_byte_bound_but_always_takes_one_item() {
+        let ring: Ring<Vec<u8>> = Ring::new(1, 1 << 20, 100);
+        for n in [300, 300, 300, 5000] {
+            ring.push(0, vec![0; n]).unwrap();
+        }
+        let mut out = VecDeque::new();
+        assert_eq!(ring.pop_into(0, &mut out, 100, 700, Duration::from_millis(5)), Ok(2), "300 + 300 fit in 700");
+        assert_eq!(ring.pop_into(0, &mut out, 100, 700, Duration::from_millis(5)), Ok(1), "300 + 5000 do not");
+        assert_eq!(ring.pop_into(0, &mut out, 100, 700, Duration::from_millis(5)), Ok(1), "one item over the bound");
+        assert_eq!(out.iter().map(Vec::len).collect::<Vec<_>>(), [300, 300, 300, 5000]);
+    }
+
+    #[test]
+    fn pop_times_out_on_an_empty_lane() {
         let ring: Ring<Vec<u8>> = Ring::new(2, 10, 1);
         ring.push(0, vec![1]).unwrap();
         let mut out = VecDeque::new();
-        assert_eq!(ring.pop_into(1, &mut out, 1, Duration::from_millis(5)), Ok(0));
-        assert_eq!(ring.pop_into(0, &mut out, 1, Duration::from_millis(5)), Ok(1));
+        assert_eq!(ring.pop_into(1, &mut out, 1, usize::MAX, Duration::from_millis(5)), Ok(0));
+        assert_eq!(ring.pop_into(0, &mut out, 1, usize::MAX, Duration::from_millis(5)), Ok(1));
     }
 }

@@ -110,6 +110,51 @@ impl Sample {
     }
 }
 
+/// Groups a shard's members into samples: consecutive members with the same key form one sample, and a new
+/// key (or the end of the shard) finishes it. Same-key members that are not adjacent become two samples, as
+/// in the reference.
+pub struct Grouper {
+    url: Arc<str>,
+    current: Option<Sample>,
+}
+
+impl Grouper {
+    pub fn new(url: Arc<str>) -> Self {
+        Grouper { url, current: None }
+    }
+
+    /// Makes `key`'s sample the current one; returns the previous sample when the key changed.
+    pub fn begin(&mut self, key: &str) -> Option<Sample> {
+        if self.current.as_ref().is_some_and(|s| s.key == key) {
+            return None;
+        }
+        self.current.replace(Sample::new(key.to_string(), Arc::clone(&self.url)))
+    }
+
+    /// Whether `field` would repeat one of the current sample's: a field it has, or `__key__`/`__url__`,
+    /// which the reference keeps in the same dict as the fields (and which must not overwrite them here).
+    pub fn repeats(&self, field: &str) -> bool {
+        field == "__key__" || field == "__url__" || self.current.as_ref().is_some_and(|s| s.has_field(field))
+    }
+
+    /// The current sample's key.
+    pub fn key(&self) -> &str {
+        self.current.as_ref().map_or("", |s| s.key.as_str())
+    }
+
+    /// Adds a field to the current sample (call [`Grouper::begin`] first).
+    pub fn add(&mut self, field: String, value: Value) {
+        if let Some(sample) = self.current.as_mut() {
+            sample.fields.push((field, value));
+        }
+    }
+
+    /// The last sample, at the end of the shard.
+    pub fn finish(&mut self) -> Option<Sample> {
+        self.current.take()
+    }
+}
+
 /// Splits a member name into (key, field) by the reference's rule `^((?:.*/|)[^.]+)[.]([^/]*)$`: the key runs
 /// to the first `.` of the last path component; the field is the rest. Returns None where the regex would
 /// not match (no dot in the last component, or a component that starts with a dot and cannot borrow the
@@ -168,6 +213,22 @@ mod tests {
         for (name, want) in cases {
             assert_eq!(split_key(name), *want, "{name}");
         }
+    }
+
+    #[test]
+    fn grouper_starts_a_sample_at_each_new_key_and_refuses_repeats() {
+        let mut g = Grouper::new(Arc::from("u"));
+        assert!(g.begin("a").is_none());
+        g.add("txt".into(), Value::from(b"1".to_vec()));
+        assert!(g.repeats("txt") && g.repeats("__key__") && !g.repeats("json"));
+        assert!(g.begin("a").is_none(), "same key, same sample");
+        g.add("json".into(), Value::from(b"{}".to_vec()));
+        let done = g.begin("b").expect("a is finished");
+        assert_eq!((done.key.as_str(), done.fields.len()), ("a", 2));
+        assert_eq!(g.key(), "b");
+        assert!(g.begin("a").is_some(), "a again is a new sample");
+        assert_eq!(g.finish().map(|s| s.key), Some("a".to_string()));
+        assert!(g.finish().is_none());
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Opening a shard URL as a byte stream: local paths, `file:`, `-` (stdin), `pipe:CMD` and `http(s)://`.
+//! Opening a shard URL as a byte stream: local paths, `file:`, `-` (stdin), `pipe:CMD` and `http(s)://` are
+//! read here; any other scheme goes to the caller's fallback opener (the binding passes Python's `gopen`
+//! table, which users extend), or is an error naming the scheme.
 //!
 //! A `pipe:` command runs in its own process group so that cancelling a read kills the whole pipeline
 //! (`curl ... | zcat`), not just the shell; its stderr tail is kept for the error message.
@@ -13,7 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::error::{ErrorKind, ShardError};
+use crate::error::{CallbackError, ErrorKind, ShardError};
+
+/// Opens a URL whose scheme the core does not read itself.
+pub type OpenFn = dyn Fn(&str) -> Result<Box<dyn Read + Send>, CallbackError> + Send + Sync;
 
 const STDERR_TAIL: usize = 4096;
 /// How long a command that broke its stream gets to exit and flush its stderr before we stop waiting.
@@ -191,9 +196,11 @@ impl Drop for PipeCommand {
     }
 }
 
+/// Whether the command died of SIGPIPE, directly or as the shell reports a pipeline's last command that did
+/// (status 128 + SIGPIPE): it only says that we stopped reading first.
 fn killed_by_sigpipe(status: ExitStatus) -> bool {
     use std::os::unix::process::ExitStatusExt;
-    status.signal() == Some(libc::SIGPIPE)
+    status.signal() == Some(libc::SIGPIPE) || status.code() == Some(128 + libc::SIGPIPE)
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -205,8 +212,13 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Opens a shard URL for reading.
-pub fn open_url(url: &str, registry: &ChildRegistry, http: &ureq::Agent) -> Result<Opened, ShardError> {
+/// Opens a shard URL for reading; `fallback` opens schemes not read here.
+pub fn open_url(
+    url: &str,
+    registry: &ChildRegistry,
+    http: &ureq::Agent,
+    fallback: Option<&OpenFn>,
+) -> Result<Opened, ShardError> {
     let plain = |stream: Box<dyn Read + Send>| Ok(Opened { stream, command: None });
     if url == "-" {
         return plain(Box::new(io::stdin()));
@@ -223,6 +235,12 @@ pub fn open_url(url: &str, registry: &ChildRegistry, http: &ureq::Agent) -> Resu
         rest
     } else {
         if let Some(scheme) = url_scheme(url) {
+            if let Some(open) = fallback {
+                return match open(url) {
+                    Ok(stream) => plain(stream),
+                    Err(cause) => Err(ShardError { kind: ErrorKind::Open, ..ShardError::callback(url, cause) }),
+                };
+            }
             return Err(ShardError::new(
                 ErrorKind::Open,
                 url,
@@ -248,12 +266,20 @@ fn url_scheme(url: &str) -> Option<&str> {
 }
 
 fn open_pipe(url: &str, cmd: &str, registry: &ChildRegistry) -> Result<Opened, ShardError> {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(cmd).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    // SAFETY: the closure runs in the child between fork and exec and calls only prctl(2), which is
+    // async-signal-safe. The shell (and a lone command it execs) is killed when the reader thread that started
+    // it dies, so a reader process killed by SIGKILL leaves no shell behind; a pipeline's other commands die of
+    // SIGPIPE on their next write into the closed pipe.
+    unsafe {
+        command.pre_exec(|| {
+            #[cfg(target_os = "linux")]
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            Ok(())
+        });
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| ShardError::new(ErrorKind::Open, url, format!("cannot start command {cmd:?}: {e}")))?;
     let pgid = child.id() as i32;
@@ -288,12 +314,14 @@ fn open_pipe(url: &str, cmd: &str, registry: &ChildRegistry) -> Result<Opened, S
     Ok(Opened { stream: Box::new(stdout), command: Some(command) })
 }
 
-/// An HTTP client with timeouts for connecting and for the response headers; the body has none, since a
-/// multi-GB shard may legitimately take long.
-pub fn http_agent() -> ureq::Agent {
+/// An HTTP client with timeouts for connecting, for the response headers and for each read of the body
+/// (`read_timeout`: a stalled server fails the shard); the body as a whole has none, since a multi-GB shard
+/// may legitimately take long. `Agent::shutdown` on a clone interrupts every read in progress.
+pub fn http_agent(read_timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .timeout_recv_response(Some(read_timeout))
+        .timeout_per_read(Some(read_timeout))
         .max_redirects(10)
         .user_agent("fastwds")
         .build()
@@ -302,8 +330,25 @@ pub fn http_agent() -> ureq::Agent {
 
 fn open_http(url: &str, agent: &ureq::Agent) -> Result<Box<dyn Read + Send>, ShardError> {
     match agent.get(url).call() {
-        Ok(response) => Ok(Box::new(response.into_body().into_reader())),
+        Ok(response) => Ok(Box::new(HttpBody(Box::new(response.into_body().into_reader())))),
         Err(ureq::Error::StatusCode(code)) => Err(ShardError::new(ErrorKind::Open, url, format!("HTTP status {code}"))),
+        Err(ureq::Error::Timeout(t)) => {
+            Err(ShardError::new(ErrorKind::Timeout, url, format!("HTTP request timed out ({t})")))
+        }
         Err(e) => Err(ShardError::new(ErrorKind::Open, url, format!("HTTP request failed: {e}"))),
+    }
+}
+
+/// An HTTP body whose read timeouts are `io::ErrorKind::TimedOut`, so they are reported as timeouts.
+struct HttpBody(Box<dyn Read + Send>);
+
+impl Read for HttpBody {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| match e.get_ref().and_then(|inner| inner.downcast_ref::<ureq::Error>()) {
+            Some(ureq::Error::Timeout(t)) => {
+                io::Error::new(io::ErrorKind::TimedOut, format!("no data within the read timeout ({t})"))
+            }
+            _ => e,
+        })
     }
 }

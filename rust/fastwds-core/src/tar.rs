@@ -11,6 +11,9 @@ use crate::error::TarError;
 const BLOCK: usize = 512;
 /// Pax and GNU long-name payloads are metadata: anything larger is a corrupt header, not a name.
 const MAX_META_PAYLOAD: u64 = 1 << 20;
+/// Zero blocks read after an end-of-archive marker while looking for a concatenated archive; past it the
+/// stream is taken to be endless zeros (`pipe:cat /dev/zero`) and the archive ends, as `tar` ends it.
+const MAX_ZERO_RUN: u64 = 8192;
 /// Up-front allocation cap for member data; larger members grow as they are read, so a corrupt size field
 /// in a short stream fails as a truncation instead of exhausting memory.
 const MAX_RESERVE: u64 = 64 << 20;
@@ -35,6 +38,8 @@ pub struct TarReader<R> {
     header: [u8; BLOCK],
     /// The pax records of the current member, kept for [`TarReader::member_info`].
     pax: Option<Vec<u8>>,
+    /// The archive ended on a long run of zero blocks whose end was never read.
+    ended_early: bool,
 }
 
 /// A member's permissions, owner and modification time, as `tar tv` lists them.
@@ -53,7 +58,21 @@ pub struct MemberInfo {
 
 impl<R: Read> TarReader<R> {
     pub fn new(inner: R) -> Self {
-        TarReader { inner, offset: 0, pending: 0, current: None, finished: false, header: [0; BLOCK], pax: None }
+        TarReader {
+            inner,
+            offset: 0,
+            pending: 0,
+            current: None,
+            finished: false,
+            header: [0; BLOCK],
+            pax: None,
+            ended_early: false,
+        }
+    }
+
+    /// Whether the archive ended on [`MAX_ZERO_RUN`] zero blocks with more of the stream unread.
+    pub fn ended_early(&self) -> bool {
+        self.ended_early
     }
 
     /// Bytes of the tar stream consumed so far.
@@ -144,9 +163,11 @@ impl<R: Read> TarReader<R> {
                             "GNU sparse members are not supported",
                         ));
                     }
-                    // Links, devices, FIFOs and directories carry no payload we could use; a declared size is
-                    // still skipped so the stream stays aligned.
-                    self.pending = padded(size);
+                    // Links, devices, directories and FIFOs have no data: their size field is ignored, as
+                    // tarfile and GNU tar ignore it (a directory with a size is followed by the next header).
+                    // Members of other types carry data we do not use; it is skipped to stay aligned.
+                    let dataless = matches!(typeflag, b'1'..=b'6') || (typeflag == 0 && name.ends_with('/'));
+                    self.pending = if dataless { 0 } else { padded(size) };
                     if regular {
                         self.current = Some(name.clone());
                         return Ok(Some(MemberHeader { name, size, offset: start }));
@@ -260,7 +281,7 @@ impl<R: Read> TarReader<R> {
     /// (`cat a.tar b.tar`) continues after them, read as `tar --ignore-zeros` reads it rather than dropped;
     /// returns the offset of its first header (now in `header`), or None at the end of the stream.
     fn next_archive(&mut self) -> Result<Option<u64>, TarError> {
-        loop {
+        for _ in 0..MAX_ZERO_RUN {
             let offset = self.offset;
             let filled = self.fill_block()?;
             let nonzero = self.header[..filled].iter().any(|&b| b != 0);
@@ -274,6 +295,8 @@ impl<R: Read> TarReader<R> {
                 return Ok(Some(offset));
             }
         }
+        self.ended_early = true;
+        Ok(None)
     }
 
     /// Reads one header block; false at a zero block (end of archive). A clean EOF here is a truncation too:

@@ -139,6 +139,7 @@ fn zstd_of(bytes: &[u8]) -> Vec<u8> {
 enum Ev {
     Sample(Sample),
     Error(ShardError),
+    Skipped(ShardError),
     End,
 }
 
@@ -159,6 +160,7 @@ fn run_specs(config: ReaderConfig, specs: Vec<ShardSpec>) -> Vec<Ev> {
         match pool.next(Duration::from_millis(100)) {
             Next::Item(Item::Sample(s)) => out.push(Ev::Sample(s)),
             Next::Item(Item::Error(e)) => out.push(Ev::Error(e)),
+            Next::Item(Item::Skipped(e)) => out.push(Ev::Skipped(e)),
             Next::Item(Item::End) => out.push(Ev::End),
             Next::Pending => assert!(Instant::now() < deadline, "the pool made no progress for 60 s"),
             Next::Idle => {
@@ -191,6 +193,27 @@ fn errors(evs: &[Ev]) -> Vec<ShardError> {
         .filter_map(|e| match e {
             Ev::Error(x) => Some(x.clone()),
             _ => None,
+        })
+        .collect()
+}
+
+fn skipped(evs: &[Ev]) -> Vec<ShardError> {
+    evs.iter()
+        .filter_map(|e| match e {
+            Ev::Skipped(x) => Some(x.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The keys of the samples and a marker for each skipped member, in stream order.
+fn keys_and_skips(evs: &[Ev]) -> Vec<String> {
+    evs.iter()
+        .filter_map(|e| match e {
+            Ev::Sample(s) => Some(s.key.clone()),
+            Ev::Skipped(_) => Some("<skipped>".to_string()),
+            Ev::Error(_) => Some("<error>".to_string()),
+            Ev::End => None,
         })
         .collect()
 }
@@ -684,7 +707,7 @@ fn shutdown_kills_a_pipe_that_would_run_forever() {
     let first = loop {
         match pool.next(Duration::from_millis(100)) {
             Next::Item(Item::Sample(s)) => break s,
-            Next::Item(Item::Error(e)) => panic!("unexpected error {e}"),
+            Next::Item(Item::Error(e) | Item::Skipped(e)) => panic!("unexpected error {e}"),
             Next::Item(Item::End) | Next::Idle => panic!("the shard ended early"),
             Next::Pending => assert!(Instant::now() < deadline, "no sample within 20 s"),
         }
@@ -731,10 +754,17 @@ fn fields(s: &Sample) -> Vec<(&str, &[u8])> {
 #[test]
 fn duplicate_field_is_an_error_naming_key_and_field() {
     let dir = TempDir::new("duplicate");
-    let url = shard_of(&dir, "dup.tar", &[("a.txt", b"1"), ("a.json", b"{}"), ("b.txt", b"2"), ("b.txt", b"3")]);
-    let (before, e) = failing_shard(config(), &url);
-    assert_eq!(before.len(), 1);
-    assert_eq!(before[0].key, "a");
+    let url = shard_of(
+        &dir,
+        "dup.tar",
+        &[("a.txt", b"1"), ("a.json", b"{}"), ("b.txt", b"2"), ("b.txt", b"3"), ("c.txt", b"4")],
+    );
+    let evs = run(config(), std::slice::from_ref(&url));
+    // As the reference: the repeated member is dropped, `b` keeps its first copy, and the shard goes on.
+    assert_eq!(keys_and_skips(&evs), ["a", "<skipped>", "b", "c"]);
+    assert_eq!(fields(&samples(&evs)[1]), [("txt", &b"2"[..])]);
+    assert_eq!(ends(&evs), 1);
+    let e = skipped(&evs).remove(0);
     assert_eq!(e.kind, ErrorKind::DuplicateField);
     assert_eq!(e.url, url);
     assert!(e.message.contains("\"b\"") && e.message.contains("\"txt\""), "{}", e.message);
@@ -743,8 +773,8 @@ fn duplicate_field_is_an_error_naming_key_and_field() {
 
     // Field names are lower-cased first, so these collide too.
     let url = shard_of(&dir, "dup-case.tar", &[("c.TXT", b"1"), ("c.txt", b"2")]);
-    let (_, e) = failing_shard(config(), &url);
-    assert_eq!(e.kind, ErrorKind::DuplicateField);
+    let evs = run(config(), std::slice::from_ref(&url));
+    assert_eq!(skipped(&evs)[0].kind, ErrorKind::DuplicateField);
     // ... unless lower-casing is off.
     let evs = run(ReaderConfig { lcase: false, ..config() }, std::slice::from_ref(&url));
     assert!(errors(&evs).is_empty());
@@ -875,29 +905,80 @@ fn rename_and_select_callbacks() {
 fn callback_errors_name_the_member() {
     let dir = TempDir::new("callback-errors");
     let url = shard_of(&dir, "c.tar", &[("a.txt", b"1"), ("b.txt", b"2"), ("bad.txt", b"3"), ("z.txt", b"4")]);
+    let refused = |what: &str| -> fastwds_core::error::CallbackError { Arc::new(io::Error::other(what.to_string())) };
     let cfg = ReaderConfig {
-        rename_files: Some(Arc::new(|name: &str| {
+        rename_files: Some(Arc::new(move |name: &str| {
             if name.starts_with("bad") {
-                Err("rename refused".to_string())
+                Err(refused("rename refused"))
             } else {
                 Ok(name.to_string())
             }
         })),
         ..config()
     };
-    let (before, e) = failing_shard(cfg, &url);
+    let evs = run(cfg, std::slice::from_ref(&url));
+    // The member is dropped and the shard goes on; samples completed before it come first.
+    assert_eq!(keys_and_skips(&evs), ["a", "<skipped>", "b", "z"]);
+    let e = skipped(&evs).remove(0);
     assert_eq!(e.kind, ErrorKind::Callback);
     assert_eq!(e.member.as_deref(), Some("bad.txt"));
     assert_eq!(e.offset, Some(2048));
     assert!(e.message.contains("rename refused"));
-    assert_eq!(before.iter().map(|s| s.key.as_str()).collect::<Vec<_>>(), ["a"], "b was still open");
+    let cause = e.cause.as_ref().expect("the callback's own error is kept");
+    assert_eq!(cause.downcast_ref::<io::Error>().map(|e| e.to_string()).as_deref(), Some("rename refused"));
 
-    let cfg = ReaderConfig { select_files: Some(Arc::new(|_: &str| Err("select refused".to_string()))), ..config() };
-    let (before, e) = failing_shard(cfg, &url);
-    assert!(before.is_empty());
-    assert_eq!(e.kind, ErrorKind::Callback);
-    assert_eq!(e.member.as_deref(), Some("a.txt"));
-    assert!(e.message.contains("select refused"));
+    let cfg = ReaderConfig { select_files: Some(Arc::new(move |_: &str| Err(refused("select refused")))), ..config() };
+    let evs = run(cfg, std::slice::from_ref(&url));
+    assert!(samples(&evs).is_empty());
+    let errs = skipped(&evs);
+    assert_eq!(errs.len(), 4, "one per member");
+    assert_eq!(errs[0].kind, ErrorKind::Callback);
+    assert_eq!(errs[0].member.as_deref(), Some("a.txt"));
+    assert!(errs[0].message.contains("select refused"));
+}
+
+#[test]
+fn a_member_over_the_size_limit_is_skipped_before_it_is_buffered() {
+    let dir = TempDir::new("too-large");
+    let big = vec![7u8; 5000];
+    let url = shard_of(&dir, "big.tar", &[("a.txt", b"1"), ("b.bin", &big), ("b.txt", b"2"), ("c.txt", b"3")]);
+    let evs = run(ReaderConfig { max_member_bytes: 4096, ..config() }, std::slice::from_ref(&url));
+    // The error comes when the member is read, before grouping: `a` is finished only by the next member that
+    // reaches it (`b.txt`), as the reference orders an error raised while reading a member.
+    assert_eq!(keys_and_skips(&evs), ["<skipped>", "a", "b", "c"]);
+    let e = skipped(&evs).remove(0);
+    assert_eq!(e.kind, ErrorKind::TooLarge);
+    assert_eq!(e.member.as_deref(), Some("b.bin"));
+    assert_eq!(e.offset, Some(1024));
+    assert!(e.message.contains("5000 bytes"), "{}", e.message);
+    assert_eq!(fields(&samples(&evs)[1]), [("txt", &b"2"[..])], "b keeps its other fields");
+    // At the limit it is read.
+    let evs = run(ReaderConfig { max_member_bytes: 5000, ..config() }, std::slice::from_ref(&url));
+    assert!(skipped(&evs).is_empty());
+}
+
+#[test]
+fn secure_mode_refuses_commands_before_they_run() {
+    let dir = TempDir::new("secure");
+    let url = shard_of(&dir, "a.tar", &[("a.txt", b"1")]);
+    let marker = dir.path("ran");
+    let pipe = format!("pipe:touch {}; cat {url}", marker.display());
+    let secure = ReaderConfig { secure: true, ..config() };
+    let evs = run(secure.clone(), &[pipe.clone(), url.clone(), format!("file:{url}")]);
+    let errs = errors(&evs);
+    assert_eq!(errs.len(), 1, "{evs:?}");
+    assert_eq!(errs[0].kind, ErrorKind::Insecure);
+    assert!(errs[0].message.contains("secure mode"), "{}", errs[0].message);
+    assert_eq!(samples(&evs).len(), 2, "local files are read, as the reference's WebDataset reads them");
+    assert!(!marker.exists(), "the command must not run");
+    // A stream handed over by the caller, and a cached copy under another name, are read.
+    let cached = ShardSpec::Alias { url: "https://example.invalid/a.tar".into(), location: url.clone() };
+    let evs = run_specs(secure, vec![cached]);
+    assert_eq!(samples(&evs).len(), 1);
+    // Off, the same URLs are read.
+    let evs = run(config(), &[pipe]);
+    assert_eq!(samples(&evs).len(), 1);
+    assert!(marker.exists());
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -970,7 +1051,7 @@ fn a_slow_consumer_bounds_how_far_the_readers_get() {
             match pool.next(Duration::from_millis(100)) {
                 Next::Item(Item::Sample(s)) => got.push(s),
                 Next::Item(Item::End) | Next::Idle => break,
-                Next::Item(Item::Error(e)) => panic!("{e}"),
+                Next::Item(Item::Error(e) | Item::Skipped(e)) => panic!("{e}"),
                 Next::Pending => assert!(Instant::now() < deadline),
             }
         }
@@ -1086,7 +1167,7 @@ fn pipe_with_a_background_process_holding_stderr_ends_and_shuts_down() {
     while started.elapsed() < Duration::from_secs(3) {
         match pool.next(Duration::from_millis(100)) {
             Next::Item(Item::Sample(s)) => got.push(s),
-            Next::Item(Item::Error(e)) => panic!("{e}"),
+            Next::Item(Item::Error(e) | Item::Skipped(e)) => panic!("{e}"),
             Next::Item(Item::End) => {
                 ended = true;
                 break;

@@ -41,3 +41,21 @@ impl Read for PyFileReader {
         Ok(n)
     }
 }
+
+/// A file object the core opened through a Python opener: read like [`PyFileReader`], closed when dropped.
+pub struct OwnedPyFile(pub PyFileReader);
+
+impl Read for OwnedPyFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Drop for OwnedPyFile {
+    fn drop(&mut self) {
+        Python::attach(|py| {
+            // A failing close (a `pipe:` command that was cut short) adds nothing to what the read reported.
+            let _ = self.0.file.bind(py).call_method0(intern!(py, "close"));
+        });
+    }
+}

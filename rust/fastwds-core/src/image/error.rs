@@ -18,6 +18,9 @@ pub enum ImageErrorKind {
     Truncated,
     /// The decode options are invalid (zero target size, empty scale range).
     InvalidSpec,
+    /// The image is over a limit that bounds decoding time (a progressive JPEG with too many scans): final,
+    /// never handed to another decoder, which would spend that time.
+    Refused,
 }
 
 /// An image decode failure with a message fit for a user.

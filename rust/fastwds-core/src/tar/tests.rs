@@ -700,9 +700,11 @@ fn only_regular_files_are_members() {
         entry(header("chr", 0, b'3'), b""),
         entry(header("blk", 0, b'4'), b""),
         entry(header("fifo", 0, b'6'), b""),
-        // A directory that declares a size (GNU dumpdir-like) is skipped with its data.
+        // A GNU dumpdir carries data, which is skipped.
         entry(header("dumpdir/", 600, b'D'), &data_of(600, 0)),
-        entry(header("weird-dir/", 10, b'5'), &data_of(10, 0)),
+        // A directory's size is ignored, as tarfile and GNU tar ignore it: the next header follows at once.
+        header("weird-dir/", 10, b'5').to_vec(),
+        header("sized-link", 700, b'2').to_vec(),
         entry(header("vendor.ext", 4, b'A'), b"vend"),
         file("last.txt", b"z"),
         end(),
@@ -1196,4 +1198,40 @@ fn member_info_comes_from_the_header_and_pax_records_override_it() {
     assert_eq!(got[1], MemberInfo { uid: 10_000_000_000, uname: "b\u{f8}b".into(), ..alice.clone() });
     // The pax records belong to one member only.
     assert_eq!((got[2].uid, got[2].uname.as_str(), got[2].mode), (0, "", 0o644));
+}
+
+#[test]
+fn a_directory_followed_by_data_it_declared_is_a_format_error_at_that_data() {
+    let bytes = cat(&[entry(header("weird-dir/", 10, b'5'), &[b'A'; 10]), file("a.txt", b"a"), end()]);
+    let e = expect_err(&bytes);
+    assert_eq!(e.kind, crate::error::ErrorKind::Format);
+    assert_eq!(e.offset, 512, "the block after the directory's header");
+}
+
+#[test]
+fn endless_zero_blocks_after_the_marker_end_the_archive_without_reading_on() {
+    // An endless stream of zeros: the archive ends after a bounded run, with the rest left unread.
+    let mut bytes = cat(&[file("a.txt", b"a")]);
+    bytes.extend(std::iter::repeat_n(0u8, 512 * (MAX_ZERO_RUN as usize + 10)));
+    let mut tar = TarReader::new(bytes.as_slice());
+    let first = tar.next_member().expect("member").expect("a.txt");
+    assert_eq!(first.name, "a.txt");
+    assert_eq!(tar.next_member().expect("end"), None);
+    assert!(tar.ended_early());
+    assert!(tar.offset() < bytes.len() as u64, "stopped before the end of the zeros");
+    let endless = io::repeat(0).take(u64::MAX);
+    let head = cat(&[file("a.txt", b"a")]);
+    let mut tar = TarReader::new(head.as_slice().chain(endless));
+    assert!(tar.next_member().expect("member").is_some());
+    assert_eq!(tar.next_member().expect("end"), None, "an endless stream of zero blocks ends");
+}
+
+#[test]
+fn zero_padding_shorter_than_the_bound_is_read_to_its_end() {
+    let mut bytes = cat(&[file("a.txt", b"a"), end()]);
+    bytes.extend(std::iter::repeat_n(0u8, 20 * 512));
+    let mut tar = TarReader::new(bytes.as_slice());
+    assert!(tar.next_member().expect("member").is_some());
+    assert_eq!(tar.next_member().expect("end"), None);
+    assert!(!tar.ended_early());
 }
