@@ -150,15 +150,13 @@ def test_the_cache_refuses_to_download_from_pipes(secure, tmp_path: Path, librar
     assert os.listdir(tmp_path) == []
 
 
-def test_the_cache_refuses_local_files_where_webdataset_opens_them(secure, tmp_path: Path) -> None:
+def test_the_cache_opens_local_files_as_webdataset_does(secure, tmp_path: Path) -> None:
     url = _shard_with_pickles(tmp_path / "p.tar")
-    for stage in (fastwds.cache.FileCache(cache_dir=str(tmp_path)), fastwds.cache.StreamingOpen()):
-        with pytest.raises(ValueError, match="local files"):
-            list(stage([url]))
-    # The reference's cache opens them (see README, "Differences"): the stream bypasses gopen's check.
-    opened = reference(lambda: list(webdataset.cache.FileCache(cache_dir=str(tmp_path))([url])))
-    opened[0]["stream"].close()
-    assert opened[0]["local_path"] == url
+    for cache in (fastwds.cache, webdataset.cache):
+        for stage in (cache.FileCache(cache_dir=str(tmp_path)), cache.StreamingOpen()):
+            opened = reference(lambda stage=stage: list(stage([url])))
+            opened[0]["stream"].close()
+            assert opened[0]["local_path"] == url
 
 
 @pytest.mark.parametrize("library", sorted(BOTH))

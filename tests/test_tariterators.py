@@ -244,15 +244,44 @@ def test_core_handler_maps_reraise_to_none():
     assert tariterators.core_handler(wds.warn_and_continue) is wds.warn_and_continue
 
 
-def test_native_urls():
-    assert tariterators.is_native_url("/a/b.tar")
-    assert tariterators.is_native_url("rel/b.tar")
-    assert tariterators.is_native_url("file:/a/b.tar")
-    assert tariterators.is_native_url("pipe:cat x")
-    assert tariterators.is_native_url("https://h/x.tar")
-    assert tariterators.is_native_url("-")
-    assert not tariterators.is_native_url("s3://b/x.tar")
-    assert not tariterators.is_native_url("gs://b/x.tar")
+def test_the_core_opens_other_schemes_through_the_gopen_table(shards, monkeypatch):
+    opened = []
+
+    def gopen_mine(url, mode="rb", bufsize=8192):
+        opened.append(url)
+        return open(url.removeprefix("mine://"), "rb")
+
+    monkeypatch.setitem(gopen_schemes, "mine", gopen_mine)
+    urls = [f"mine://{u}" for u in shards[:2]]
+    got = list(wds.WebDataset(urls, shardshuffle=False))
+    assert opened == urls
+    local = list(wds.WebDataset(shards[:2], shardshuffle=False))
+    assert [s["__key__"] for s in got] == [s["__key__"] for s in local] and len(got) == 10
+    assert [s["__url__"] for s in got] == [urls[0]] * 5 + [urls[1]] * 5
+
+
+class OpenerFailed(Exception):
+    pass
+
+
+def test_a_reader_opener_is_called_for_other_schemes_and_its_errors_arrive_as_themselves(shards):
+    def opener(url):
+        if "bad" in url:
+            raise OpenerFailed(url)
+        return open(url.removeprefix("mine://"), "rb")
+
+    got = list(wds.ShardReader([f"mine://{shards[0]}", shards[1]], opener=opener))
+    assert len(got) == 10
+    with pytest.raises(OpenerFailed):
+        list(wds.ShardReader(["mine://bad"], opener=opener))
+    seen = []
+    got = list(
+        wds.ShardReader(["mine://bad", shards[0]], opener=opener, handler=lambda e: seen.append(e) or True)
+    )
+    assert len(got) == 5 and isinstance(seen[0], OpenerFailed)
+    # Without an opener, an unknown scheme is an error naming it.
+    with pytest.raises(ValueError, match="no gopen handler"):
+        list(wds.ShardReader(["nosuchscheme://x/y.tar"]))
 
 
 def test_pipe_urls_match_reference(shards):

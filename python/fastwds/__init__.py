@@ -5,7 +5,7 @@ and defaults). Importing it does not import torch.
 """
 
 from . import tenbin, utils
-from ._core import ShardError, ShardReader, tar_samples
+from ._core import ShardReader, tar_samples
 from ._core import __version__ as __version__
 from .autodecode import (
     Continue,
@@ -21,6 +21,7 @@ from .autodecode import (
 )
 from .cache import LRUCleanup, pipe_cleaner
 from .compat import FluidInterface, FluidWrapper, WebDataset, WebLoader
+from .errors import DuplicateFieldError, ImageDecodeError, InsecureURLError, ShardError
 from .extradatasets import MockDataset, with_epoch, with_length
 from .filters import (
     Cached,
@@ -93,6 +94,9 @@ __all__ = [
     "ResampledShards",
     "RoundRobin",
     "ShardError",
+    "DuplicateFieldError",
+    "ImageDecodeError",
+    "InsecureURLError",
     "ShardReader",
     "ShardWriter",
     "SimpleShardList",

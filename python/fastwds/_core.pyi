@@ -1,33 +1,46 @@
-"""Type stubs for the Rust extension `fastwds._core`."""
+"""Type stubs for the Rust extension `fastwds._core`.
+
+`python -m mypy.stubtest fastwds._core` (scripts/typecheck.sh) checks them against the built extension. A
+default written `...` is one the extension's signature shows as `...` (pyo3 renders only plain literals);
+its value is in the comment beside it.
+"""
 
 from collections.abc import Callable, Iterable
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, final
 
 import numpy
 
+__all__ = [
+    "__version__",
+    "ShardError",
+    "ImageDecodeError",
+    "DuplicateFieldError",
+    "InsecureURLError",
+    "ShardReader",
+    "SampleIterator",
+    "tar_samples",
+    "tar_members",
+    "split_key",
+    "_rebuild_reader",
+    "decode_image",
+    "image_crop_params",
+]
+
 __version__: str
 
-class ShardError(OSError):
-    """A shard could not be read: open failed, a command exited non-zero, or the tar stream is corrupt or cut.
-
-    `url`, `member` (the member being read, or None) and `offset` (byte offset in the uncompressed tar
-    stream of the header where it went wrong, or None) say where.
-    """
-
-    url: str | None
-    member: str | None
-    offset: int | None
-
-class ImageDecodeError(ValueError):
-    """An image field could not be decoded on the reader threads; it is found as that field's value."""
+from .errors import DuplicateFieldError as DuplicateFieldError
+from .errors import ImageDecodeError as ImageDecodeError
+from .errors import InsecureURLError as InsecureURLError
+from .errors import ShardError as ShardError
 
 # A shard is a URL string (path, file:PATH, -, pipe:CMD, http(s)://...), a binary file object with
 # .read(n), or a dict with a "url" key (a webdataset shard-list item) and optionally a "stream" key
 # holding an opened binary file object, or a "local_path" key naming where to read it from (a cached copy,
 # a rewritten URL) while samples keep "url" as their `__url__`. An exception raised by the shard iterable
 # surfaces after the samples of the shards before it.
-Shard = str | BinaryIO | dict[str, Any]
+_Shard = str | BinaryIO | dict[str, Any]
 
+@final
 class ShardReader:
     """Reads tar shards into samples on Rust threads; iterating it yields sample dicts.
 
@@ -45,18 +58,28 @@ class ShardReader:
       grouping (rename first, as the reference), called on the reader threads with the GIL held.
     - `lcase`: lower-case field names (the reference does).
     - `members`: yield members `{"fname": str, "data": bytes, "__url__": str}` instead of grouped samples.
-    - `handler(exc) -> bool`: called with each error; true skips the rest of that shard and goes on, false
-      stops the iteration quietly, raising propagates. None raises.
+    - `handler(exc) -> bool`: called with each error; true goes on (after a broken shard with the next one;
+      after a dropped member — a repeated field, a failing `select_files`/`rename_files` (whose own exception
+      is passed), a member over `max_member_bytes` — within the same shard), false stops the iteration
+      quietly, raising propagates. None raises.
     - `images`: decode image fields on the reader threads into uint8 numpy arrays: a dict with any of "mode"
       ("rgb8", "l8", "rgba8"), "extensions" (last `.`-part of field names; default jpg jpeg png ppm pgm pbm
       pnm), "size", "crop", "scale", "ratio", "flip", "seed", "max_pixels", "reduced_dct" (as in
       `decode_image`), "epoch" (mixed into each image's seed, with its key and field) and
       "keep_bytes_on_error" (a failed field keeps its bytes; otherwise its value is an `ImageDecodeError`).
+    - `max_member_bytes`: a larger member is an error naming it, raised before any of it is buffered.
+    - `read_timeout`: seconds a network read may wait for the next byte before the shard fails.
+    - `opener(url) -> binary file object`: opens URLs of schemes the core does not read itself (it reads
+      paths, `file:`, `-`, `pipe:` and http(s)); None uses `fastwds.gopen.gopen`, whose `gopen_schemes` table
+      users extend. The core closes what it opens. What the opener raises reaches the caller as itself.
+
+    In secure mode (`fastwds.utils.enforce_security`, set by `WDS_SECURE=1`) `pipe:` URLs are refused with
+    `InsecureURLError` before anything runs.
     """
 
-    def __init__(
-        self,
-        shards: Iterable[Shard],
+    def __new__(
+        cls,
+        shards: Iterable[_Shard],
         *,
         threads: int = 0,
         prefetch: int = 0,
@@ -70,9 +93,16 @@ class ShardReader:
         members: bool = False,
         handler: Callable[[BaseException], bool] | None = None,
         images: dict[str, Any] | None = None,
-    ) -> None: ...
+        max_member_bytes: int = 2 * 1024**3,
+        read_timeout: float = ...,  # 60.0
+        opener: Callable[[str], BinaryIO] | None = None,
+    ) -> ShardReader: ...
     def __iter__(self) -> SampleIterator: ...
 
+def _rebuild_reader(shards: Any, kwargs: dict[str, Any]) -> ShardReader:
+    """Rebuilds a pickled `ShardReader`."""
+
+@final
 class SampleIterator:
     """One pass over a ShardReader's shards; owns the reader threads and `pipe:` children."""
 
@@ -107,11 +137,11 @@ def decode_image(
     *,
     size: tuple[int, int] | None = None,
     crop: str = "center",
-    scale: tuple[float, float] = (0.08, 1.0),
+    scale: tuple[float, float] = ...,  # (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     flip: float = 0.0,
     seed: int = 0,
-    max_pixels: int = 178_956_970,
+    max_pixels: int = ...,  # 178_956_970, Pillow's limit
     reduced_dct: bool = True,
 ) -> numpy.ndarray:
     """Decodes JPEG/PNG/PPM bytes to uint8 HxWxC (HxW for "l8"), equal to Pillow's `convert(mode)`.
@@ -129,7 +159,7 @@ def image_crop_params(
     size: tuple[int, int],
     *,
     crop: str = "center",
-    scale: tuple[float, float] = (0.08, 1.0),
+    scale: tuple[float, float] = ...,  # (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     flip: float = 0.0,
     seed: int = 0,

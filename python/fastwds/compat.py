@@ -231,8 +231,9 @@ class WebDataset(DataPipeline, FluidInterface):
     the dataset: call `set_epoch(e)` before each epoch to get a new order there.
 
     `reader_options` (fastwds only) tune the core's `ShardReader`: `threads`, `prefetch`, `buffer_bytes`,
-    `buffer_samples`, and `ordered=False` to yield samples of the shards in flight as they are ready instead
-    of shard by shard.
+    `buffer_samples`, `ordered=False` to yield samples of the shards in flight as they are ready instead
+    of shard by shard, `max_member_bytes` (larger members are errors, default 2 GiB) and `read_timeout`
+    (seconds a network read may wait for data, default 60).
     """
 
     def __init__(

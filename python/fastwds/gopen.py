@@ -407,7 +407,11 @@ def gopen_ais(url: str, mode: str = "rb", bufsize: int = 8192) -> Pipe:
 
 def gopen_error(url: str, *args: Any, **kw: Any) -> Any:
     """Raises ValueError: the URL's scheme has no handler."""
-    raise ValueError(f"{url}: no gopen handler defined")
+    scheme = urlparse(url).scheme
+    raise ValueError(
+        f'{url}: no gopen handler defined for {scheme!r}: read it through a command (e.g. "pipe:aws s3 cp '
+        f'{url} -") or register an opener in fastwds.gopen.gopen_schemes'
+    )
 
 
 # Scheme -> opener(url, mode, bufsize, **kw). "__default__" handles unknown schemes.

@@ -1,8 +1,10 @@
 """The tar stage: shard URLs in, samples out, read by the Rust core (`fastwds._core.ShardReader`).
 
 `tarfile_samples` / `tarfile_to_samples` (and `ShardSamples`, the stage `WebDataset` uses) hand the shard
-stream to the core lazily. The core reads local paths, `file:`, `-`, `pipe:` and http(s) itself; other
-schemes are opened here with `fastwds.gopen.gopen` and passed to it as streams. The member-level helpers
+stream to the core lazily, as URLs: the core decides how each is opened (it reads local paths, `file:`, `-`,
+`pipe:` and http(s) itself, and calls `fastwds.gopen.gopen`, whose scheme table users extend, for other
+schemes). A cached or `GOPEN_REWRITE`-rewritten shard goes as a (URL, location) pair, read from the location
+under its URL; only streams that code opened itself (a user's opener) go as Python file objects. The member-level helpers
 (`tar_file_iterator`, `tar_file_expander`, `group_by_keys`, ...) keep webdataset's names and semantics for
 code that composes them; the first two read through the core as well.
 """
@@ -37,7 +39,6 @@ __all__ = [
     "tarfile_to_samples",
     "ShardSamples",
     "core_handler",
-    "is_native_url",
 ]
 
 trace = False
@@ -45,9 +46,6 @@ meta_prefix = "__"
 meta_suffix = "__"
 
 Handler = Callable[[BaseException], bool]
-
-# Schemes the core opens itself (besides "-", stdin).
-NATIVE_SCHEMES = frozenset(["", "file", "pipe", "http", "https"])
 
 
 def base_plus_ext(path: str) -> tuple[str, str] | tuple[None, None]:
@@ -82,11 +80,6 @@ def shardlist(urls: str | Iterable[str], *, shuffle: bool = False) -> Iterator[d
         yield dict(url=url)
 
 
-def is_native_url(url: str) -> bool:
-    """Tell whether the core opens `url` itself: a local path, `file:`, `-`, `pipe:` or http(s)."""
-    return url == "-" or urlparse(url).scheme in NATIVE_SCHEMES
-
-
 def local_path(url: str) -> str | None:
     """Return the local file path a URL names (a plain path or `file:` URL), else None."""
     if url == "-":
@@ -118,8 +111,10 @@ class _ShardFeed:
     """The shard stream as the core wants it, pulled lazily by the core.
 
     Each item (a `{"url": ...}` dict, maybe with "stream" and "local_path", or a URL string) becomes the URL
-    itself when the core can open it, else `{"url": url, "stream": gopen(url)}`. Errors while opening go
-    to `handler` (true: skip the shard, false: end the stream). Remembers how many shards it handed out, the
+    itself; `{"url": url, "local_path": path}` when the item names a local copy (a cache) or `GOPEN_REWRITE`
+    rewrites the URL; `{"url": url, "stream": stream}` only for a stream the item carries without a local
+    copy. Errors (a rewrite refused in secure mode) go to `handler` (true: skip the shard, false: end the
+    stream). Remembers how many shards it handed out, the
     local path of each URL that has one (for `__local_path__`), and the streams handed to the core, which
     this object owns and closes: `close_finished(url)` when the samples of `url` start arriving (the shards
     before it are done, since the core yields shard by shard), `close()` at the end.
@@ -143,14 +138,17 @@ class _ShardFeed:
             else:
                 url, stream, given_path = item, None, None
             try:
-                if stream is not None:
-                    shard: Any = {"url": url, "stream": stream}
-                elif is_native_url(url) and rewrite_url(url) == url:
-                    shard = url
-                else:
-                    # GOPEN_REWRITE targets are opened in Python too, so samples keep the original URL.
-                    stream = gopen_url(url)
+                if given_path is not None:
+                    # A local copy (the cache's) is read by the core; the stream the cache opened is not needed.
+                    if stream is not None:
+                        _close_quietly(stream)
+                        stream = None
+                    shard: Any = {"url": url, "local_path": given_path}
+                elif stream is not None:
                     shard = {"url": url, "stream": stream}
+                else:
+                    location = rewrite_url(url)
+                    shard = url if location == url else {"url": url, "local_path": location}
             except Exception as exn:
                 exn.args = exn.args + (url,)
                 if handler is None:
@@ -199,7 +197,15 @@ def reader_threads() -> int:
 
 
 # The `ShardReader` settings a pipeline leaves to its user; the pipeline sets the others itself.
-READER_OPTIONS = ("threads", "prefetch", "ordered", "buffer_bytes", "buffer_samples")
+READER_OPTIONS = (
+    "threads",
+    "prefetch",
+    "ordered",
+    "buffer_bytes",
+    "buffer_samples",
+    "max_member_bytes",
+    "read_timeout",
+)
 
 
 def _checked_reader_options(options: dict[str, Any] | None) -> dict[str, Any]:
@@ -249,8 +255,9 @@ def tarfile_samples(
 ) -> Iterator[dict[str, Any]]:
     """Read a stream of shards (`{"url": ...}` dicts) into samples `{"__key__", "__url__", field: bytes}`.
 
-    `handler` gets each error (opening a shard, a corrupt or cut shard): true skips the rest of that shard,
-    false ends the stream, raising propagates. `rename_files(name)` and then `select_files(name)` apply to
+    `handler` gets each error (opening a shard, a corrupt or cut shard, a repeated field, a failing
+    `select_files`/`rename_files`, an oversized member): true goes on (with the next shard after a broken one,
+    within the same shard after a dropped member), false ends the stream, raising propagates. `rename_files(name)` and then `select_files(name)` apply to
     member names before grouping. Streams this opens (URLs the core does not read itself) are closed when the
     iteration ends; `WebDataset` closes each as soon as its shard is done.
     """
@@ -291,6 +298,16 @@ class ShardSamples:
         self.images = images
         self.reader_options = _checked_reader_options(reader_options)
         self.epoch = -1
+
+    def __repr__(self) -> str:
+        kw: dict[str, Any] = {
+            "handler": self.handler,
+            "select_files": self.select_files,
+            "rename_files": self.rename_files,
+        }
+        if self.images is not None:
+            kw["images"] = self.images["mode"]
+        return f"<tarfile_to_samples () {kw}>"
 
     def __call__(self, src: Iterable[Any]) -> Iterator[dict[str, Any]]:
         """Return the samples of the shards in `src`."""
