@@ -367,3 +367,26 @@ def test_a_reader_killed_by_sigkill_leaves_no_pipe_command_running(tmp_path: Pat
         reader.kill()
         for pid in processes_running(f"sleep {marker}"):
             os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Images the writer makes
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_a_bitmap_the_writer_makes_decodes_natively_as_pillow_reads_it(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    bits = Image.fromarray(
+        np.random.default_rng(0).random((13, 21)) > 0.5
+    )  # mode "1", width not a multiple of 8
+    path = tmp_path / "bitmap.tar"
+    with fastwds.TarWriter(str(path)) as sink:
+        sink.write({"__key__": "b", "pbm": bits})
+    data = next(iter(fastwds.ShardReader([str(path)])))["pbm"]
+    assert data.startswith(b"P4")
+    for mode, pil_mode in (("l8", "L"), ("rgb8", "RGB")):
+        (sample,) = list(fastwds.ShardReader([str(path)], images={"mode": mode}))
+        want = np.asarray(Image.open(io.BytesIO(data)).convert(pil_mode))
+        assert sample["pbm"].dtype == np.uint8 and np.array_equal(sample["pbm"], want), mode

@@ -5,7 +5,7 @@ and defaults). Importing it does not import torch.
 """
 
 from . import tenbin, utils
-from ._core import ShardReader, tar_samples
+from ._core import ImageOptions, ShardReader, tar_samples
 from ._core import __version__ as __version__
 from .autodecode import (
     Continue,
@@ -94,6 +94,7 @@ __all__ = [
     "ResampledShards",
     "RoundRobin",
     "ShardError",
+    "ImageOptions",
     "DuplicateFieldError",
     "ImageDecodeError",
     "InsecureURLError",

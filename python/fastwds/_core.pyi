@@ -24,6 +24,9 @@ __all__ = [
     "_rebuild_reader",
     "decode_image",
     "image_crop_params",
+    "ImageOptions",
+    "NATIVE_IMAGE_EXTENSIONS",
+    "_rebuild_image_options",
 ]
 
 __version__: str
@@ -62,11 +65,9 @@ class ShardReader:
       after a dropped member — a repeated field, a failing `select_files`/`rename_files` (whose own exception
       is passed), a member over `max_member_bytes` — within the same shard), false stops the iteration
       quietly, raising propagates. None raises.
-    - `images`: decode image fields on the reader threads into uint8 numpy arrays: a dict with any of "mode"
-      ("rgb8", "l8", "rgba8"), "extensions" (last `.`-part of field names; default jpg jpeg png ppm pgm pbm
-      pnm), "size", "crop", "scale", "ratio", "flip", "seed", "max_pixels", "reduced_dct" (as in
-      `decode_image`), "epoch" (mixed into each image's seed, with its key and field) and
-      "keep_bytes_on_error" (a failed field keeps its bytes; otherwise its value is an `ImageDecodeError`).
+    - `images`: decode image fields on the reader threads into uint8 numpy arrays, as an `ImageOptions` (or a
+      dict of its keyword arguments; `{}` for the defaults) says; a failed field's value is an
+      `ImageDecodeError` unless it keeps its bytes (`keep_bytes_on_error`).
     - `max_member_bytes`: a larger member is an error naming it, raised before any of it is buffered.
     - `read_timeout`: seconds a network read may wait for the next byte before the shard fails.
     - `opener(url) -> binary file object`: opens URLs of schemes the core does not read itself (it reads
@@ -92,7 +93,7 @@ class ShardReader:
         lcase: bool = True,
         members: bool = False,
         handler: Callable[[BaseException], bool] | None = None,
-        images: dict[str, Any] | None = None,
+        images: ImageOptions | dict[str, Any] | None = None,
         max_member_bytes: int = 2 * 1024**3,
         read_timeout: float = ...,  # 60.0
         opener: Callable[[str], BinaryIO] | None = None,
@@ -131,37 +132,77 @@ def tar_members(source: str | BinaryIO, *, url: str | None = None, info: bool = 
 def split_key(name: str) -> tuple[str, str] | None:
     """Splits a member name into (key, field) by the webdataset rule; None when it does not match."""
 
-def decode_image(
-    data: bytes,
-    mode: str = "rgb8",
-    *,
-    size: tuple[int, int] | None = None,
-    crop: str = "center",
-    scale: tuple[float, float] = ...,  # (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    flip: float = 0.0,
-    seed: int = 0,
-    max_pixels: int = ...,  # 178_956_970, Pillow's limit
-    reduced_dct: bool = True,
-) -> numpy.ndarray:
-    """Decodes JPEG/PNG/PPM bytes to uint8 HxWxC (HxW for "l8"), equal to Pillow's `convert(mode)`.
+@final
+class ImageOptions:
+    """How image fields are decoded, with one set of defaults; frozen, checked when made, picklable.
 
-    `mode` is "rgb8", "l8" or "rgba8". With `size=(h, w)` the image is cropped and resized to exactly that size:
+    `mode` is "rgb8", "l8" or "rgba8". With `size=(h, w)` an image is cropped and resized to exactly that size:
     `crop="center"` is torchvision `Resize(short side) + CenterCrop`, `crop="random_resized"` is
     `RandomResizedCrop(size, scale, ratio)`; `flip` is the horizontal-flip probability; random draws come from
-    `seed`. `reduced_dct` lets JPEGs decode at 1/2..1/8 scale (like Pillow's `draft()`) when the crop is at least
-    twice the target. Images over `max_pixels` are refused from the header. Raises ValueError on bad data.
+    `seed` (and on the reader threads from `epoch` and each image's key and field). `reduced_dct` lets JPEGs
+    decode at 1/2..1/8 scale (like Pillow's `draft()`) when the crop is at least twice the target. Images over
+    `max_pixels` are refused from the header. `extensions` are the field extensions a reader decodes;
+    `keep_bytes_on_error` keeps a failed field's bytes for a later decoder.
     """
 
+    def __new__(
+        cls,
+        mode: str = "rgb8",
+        *,
+        extensions: list[str] | None = None,
+        size: tuple[int, int] | None = None,
+        crop: str = "center",
+        scale: tuple[float, float] = ...,  # (0.08, 1.0)
+        ratio: tuple[float, float] = ...,  # (3 / 4, 4 / 3)
+        flip: float = 0.0,
+        seed: int = 0,
+        epoch: int = 0,
+        max_pixels: int = ...,  # 178_956_970, Pillow's limit
+        reduced_dct: bool = True,
+        keep_bytes_on_error: bool = False,
+    ) -> ImageOptions: ...
+    def replace(self, **changes: Any) -> ImageOptions:
+        """A copy with the given options changed."""
+
+    def asdict(self) -> dict[str, Any]:
+        """The options as keyword arguments of the constructor."""
+
+    @property
+    def mode(self) -> str: ...
+    @property
+    def extensions(self) -> list[str]: ...
+    @property
+    def size(self) -> tuple[int, int] | None: ...
+    @property
+    def crop(self) -> str: ...
+    @property
+    def scale(self) -> tuple[float, float]: ...
+    @property
+    def ratio(self) -> tuple[float, float]: ...
+    @property
+    def flip(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def max_pixels(self) -> int: ...
+    @property
+    def reduced_dct(self) -> bool: ...
+    @property
+    def keep_bytes_on_error(self) -> bool: ...
+
+NATIVE_IMAGE_EXTENSIONS: tuple[str, ...]
+
+def _rebuild_image_options(kwargs: dict[str, Any]) -> ImageOptions: ...
+def decode_image(data: bytes, mode: str | ImageOptions | None = None, **options: Any) -> numpy.ndarray:
+    """Decodes JPEG/PNG/PPM/PBM bytes to uint8 HxWxC (HxW for "l8"), equal to Pillow's `convert(mode)`, cropped,
+    resized and flipped as the `ImageOptions` that `mode` (a mode name or an `ImageOptions`) and `options` name
+    say. Raises ValueError on bad data."""
+
 def image_crop_params(
-    height: int,
-    width: int,
-    size: tuple[int, int],
-    *,
-    crop: str = "center",
-    scale: tuple[float, float] = ...,  # (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    flip: float = 0.0,
-    seed: int = 0,
+    height: int, width: int, size: tuple[int, int], **options: Any
 ) -> tuple[float, float, float, float, bool]:
-    """The (top, left, crop_height, crop_width, flipped) that `decode_image` uses for an image of that size."""
+    """The (top, left, crop_height, crop_width, flipped) that `decode_image` uses for an image of that size
+    resized to `size` with these `ImageOptions` arguments, in full-size pixel coordinates: boxes or keypoints
+    labelled on the full image map to the decoded crop through it."""

@@ -112,27 +112,25 @@ class FluidInterface:
         self: _Fluid,
         imagespec: str = "rgb8",
         *,
-        size: tuple[int, int] | None = None,
-        crop: str = "center",
-        scale: tuple[float, float] = (0.08, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        flip: float = 0.0,
         seed: int | None = None,
         extensions: Any = autodecode.IMAGE_EXTENSIONS,
         handler: Callable[[BaseException], bool] = reraise_exception,
+        **transform: Any,
     ) -> _Fluid:
         """Decode JPEG/PNG/PPM fields to `imagespec` ("rgb8", "l8", "rgb", "torchrgb", ...), pixel-identical to
-        Pillow, optionally cropped to `size` (h, w) (`crop="center"`, or `"random_resized"` with torchvision's
-        `scale`/`ratio`) and flipped left-right with probability `flip`; random draws repeat for a `seed`.
-        Right after the tar stage this runs on the reader threads; elsewhere in this process. Other fields
-        stay bytes."""
-        transform: dict[str, Any] = dict(size=size, crop=crop, scale=scale, ratio=ratio, flip=flip, seed=seed)
+        Pillow, optionally cropped to `size=(h, w)` (`crop="center"`, or `"random_resized"` with torchvision's
+        `scale`/`ratio`) and flipped left-right with probability `flip`: `transform` takes what
+        `fastwds.ImageOptions` takes, with its defaults. Random draws repeat for a `seed` (None: a random one)
+        and change every epoch. Right after the tar stage this runs on the reader threads; elsewhere in this
+        process. Other fields stay bytes."""
         tar_stage = self._tar_stage_for_images()
         if tar_stage is None:
             return self.compose(
-                images.decode_images(imagespec, extensions=extensions, handler=handler, **transform)
+                images.decode_images(
+                    imagespec, seed=seed, extensions=extensions, handler=handler, **transform
+                )
             )
-        options = images.native_options(imagespec, extensions, **transform)
+        options = images.native_options(imagespec, extensions, seed=seed, **transform)
         return self.with_last_stage(tar_stage.with_images(options)).compose(
             images.FinishImages(imagespec, handler=handler)
         )

@@ -18,6 +18,8 @@ from .handlers import reraise_exception
 
 __all__ = [
     "DecodeImages",
+    "ImageOptions",
+    "image_crop_params",
     "decode_images",
     "image_seed",
     "native_mode",
@@ -25,8 +27,12 @@ __all__ = [
     "NATIVE_EXTENSIONS",
 ]
 
-# The image formats the core decodes (by magic bytes): JPEG, PNG and binary PGM/PPM.
-NATIVE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "ppm", "pgm", "pnm"})
+# How image fields are decoded (one set of defaults, in the core), and the crop a decode takes.
+ImageOptions = _core.ImageOptions
+image_crop_params = _core.image_crop_params
+
+# The image formats the core decodes (by magic bytes): JPEG, PNG and binary PBM/PGM/PPM.
+NATIVE_EXTENSIONS = frozenset(_core.NATIVE_IMAGE_EXTENSIONS)
 
 # Image spec -> the uint8 layout the core produces for it; the float and torch forms are made from that.
 _NATIVE_MODES = {
@@ -55,31 +61,19 @@ def native_options(
     imagespec: str,
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
     *,
-    size: tuple[int, int] | None = None,
-    crop: str = "center",
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    flip: float = 0.0,
     seed: int | None = None,
-    keep_bytes_on_error: bool = False,
-) -> dict[str, Any]:
-    """The `images=` options of `ShardReader` for an image spec (raises ValueError for a PIL spec)."""
+    **transform: Any,
+) -> _core.ImageOptions:
+    """The core's `ImageOptions` for an image spec: its mode, the `extensions` the core decodes, a random seed
+    when `seed` is None, and `transform` (`size`, `crop`, `scale`, `ratio`, `flip`, `keep_bytes_on_error`,
+    ... as `ImageOptions` takes them). Raises ValueError for a PIL spec."""
     mode = native_mode(imagespec)
     if mode is None:
         raise ValueError(f"image spec {imagespec!r} is decoded by Pillow, not on the reader threads")
     if seed is None:
         seed = int.from_bytes(os.urandom(8), "little")
-    return {
-        "mode": mode,
-        "extensions": sorted({e.lower() for e in extensions} & NATIVE_EXTENSIONS),
-        "size": None if size is None else (int(size[0]), int(size[1])),
-        "crop": crop,
-        "scale": tuple(scale),
-        "ratio": tuple(ratio),
-        "flip": float(flip),
-        "seed": seed % 2**64,
-        "keep_bytes_on_error": keep_bytes_on_error,
-    }
+    wanted = sorted({e.lower() for e in extensions} & NATIVE_EXTENSIONS)
+    return _core.ImageOptions(mode, extensions=wanted, seed=seed % 2**64, **transform)
 
 
 class FinishImages:
@@ -155,24 +149,22 @@ class DecodeImages:
         self,
         imagespec: str = "rgb8",
         *,
-        size: tuple[int, int] | None = None,
-        crop: str = "center",
-        scale: tuple[float, float] = (0.08, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        flip: float = 0.0,
         seed: int | None = None,
         extensions: Iterable[str] = IMAGE_EXTENSIONS,
         handler: Callable[[BaseException], bool] = reraise_exception,
+        **transform: Any,
     ) -> None:
         self.imagespec = imagespec
-        self.options = native_options(
-            imagespec, extensions, size=size, crop=crop, scale=scale, ratio=ratio, flip=flip, seed=seed
-        )
+        self.options = native_options(imagespec, extensions, seed=seed, **transform)
         self.handler = handler
         self.epoch = -1
 
     def __repr__(self) -> str:
-        shown = {k: v for k, v in self.options.items() if k not in ("extensions", "keep_bytes_on_error")}
+        shown = {
+            k: v
+            for k, v in self.options.asdict().items()
+            if k not in ("extensions", "keep_bytes_on_error", "epoch")
+        }
         return f"<decode_images ({self.imagespec!r},) {shown}>"
 
     def __call__(self, data: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -181,10 +173,9 @@ class DecodeImages:
         epoch = self.epoch
         options = self.options
         handler = self.handler
-        wanted = set(options["extensions"])
+        wanted = set(options.extensions)
         finish = ImageHandler(self.imagespec).finish
-        mode, seed = options["mode"], options["seed"]
-        transform = {k: options[k] for k in ("size", "crop", "scale", "ratio", "flip")}
+        seed = options.seed
         for sample in data:
             try:
                 result = dict(sample)
@@ -197,7 +188,7 @@ class DecodeImages:
                     ):
                         continue
                     try:
-                        array = _core.decode_image(v, mode, seed=image_seed(seed, epoch, key, k), **transform)
+                        array = _core.decode_image(v, options, seed=image_seed(seed, epoch, key, k))
                     except ValueError as exn:
                         raise DecodingError(
                             url=sample.get("__url__"), key=sample.get("__key__"), k=k
@@ -211,6 +202,7 @@ class DecodeImages:
 
 
 def decode_images(imagespec: str = "rgb8", **kw: Any) -> DecodeImages:
-    """The `decode_images(spec, size=, crop=, scale=, ratio=, flip=, seed=, extensions=, handler=)` stage
-    for a pipeline, decoding in this process (see `DecodeImages`)."""
+    """The `decode_images(spec, seed=, extensions=, handler=, **transform)` stage for a pipeline, decoding in
+    this process (see `DecodeImages`; `transform` as `ImageOptions` takes it: `size`, `crop`, `scale`, `ratio`,
+    `flip`, ...)."""
     return DecodeImages(imagespec, **kw)

@@ -287,7 +287,7 @@ class ShardSamples:
         rename_files: Callable[[str], str] | None = None,
         empty_check: bool = True,
         local_paths: bool = True,
-        images: dict[str, Any] | None = None,
+        images: _core.ImageOptions | None = None,
         reader_options: dict[str, Any] | None = None,
     ) -> None:
         self.handler = handler
@@ -306,7 +306,7 @@ class ShardSamples:
             "rename_files": self.rename_files,
         }
         if self.images is not None:
-            kw["images"] = self.images["mode"]
+            kw["images"] = self.images.mode
         return f"<tarfile_to_samples () {kw}>"
 
     def __call__(self, src: Iterable[Any]) -> Iterator[dict[str, Any]]:
@@ -315,7 +315,7 @@ class ShardSamples:
             src, None if _is_reraise(self.handler) else self.handler, track_local=self.local_paths
         )
         self.epoch += 1
-        images = None if self.images is None else {**self.images, "epoch": self.epoch % 2**64}
+        images = None if self.images is None else self.images.replace(epoch=self.epoch % 2**64)
         samples = iter(
             _reader(
                 feed, self.handler, self.select_files, self.rename_files, images=images, **self.reader_options
@@ -357,7 +357,7 @@ class ShardSamples:
         """Whether this stage decodes image fields on the reader threads."""
         return self.images is not None
 
-    def with_images(self, images: dict[str, Any]) -> ShardSamples:
+    def with_images(self, images: _core.ImageOptions) -> ShardSamples:
         """A new tar stage, like this one but decoding image fields on the reader threads with `images` (the
         core's `images=` options, see `fastwds.images`); this stage is unchanged. Raises ValueError when this
         stage decodes images already (a later image stage then decodes in Python)."""

@@ -1,5 +1,5 @@
-//! `decode_image` and `image_crop_params`: the core's image decoder exposed for tests and for Python-side use;
-//! the reader threads call the core directly.
+//! `decode_image` and `image_crop_params`: the core's image decoder for Python-side use (the in-process
+//! `decode_images` stage, crops of labels); the reader threads call the core directly.
 
 use std::cell::RefCell;
 
@@ -8,9 +8,13 @@ use numpy::ndarray::{ArrayView, IxDyn};
 use numpy::PyArrayDyn;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::image_options::ImageOptions;
 
 thread_local! {
-    /// One decoder per calling thread, so the libjpeg-turbo handle and resize scratch are reused.
+    /// One decoder per calling thread, so its resize buffers and scratch image are reused (each image still gets a
+    /// fresh libjpeg-turbo handle, see `Decoder::decode`).
     static DECODER: RefCell<Decoder> = RefCell::new(Decoder::new());
 }
 
@@ -41,30 +45,39 @@ pub(crate) fn build_spec(
 }
 
 /// Decodes JPEG/PNG/PPM bytes to a uint8 array (HxWxC, HxW for "l8") equal to Pillow's, optionally cropped,
-/// resized and flipped; the GIL is released during the decode.
+/// resized and flipped as `options` (an `ImageOptions` or its keyword arguments) say; `mode` is a mode name or
+/// an `ImageOptions`. The GIL is released during the decode.
 #[pyfunction]
-#[pyo3(signature = (data, mode = "rgb8", *, size = None, crop = "center", scale = (0.08, 1.0),
-    ratio = (3.0 / 4.0, 4.0 / 3.0), flip = 0.0, seed = 0, max_pixels = image::DEFAULT_MAX_PIXELS,
-    reduced_dct = true))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (data, mode = None, **options))]
 pub fn decode_image<'py>(
     py: Python<'py>,
     data: &[u8],
-    mode: &str,
-    size: Option<(u32, u32)>,
-    crop: &str,
-    scale: (f64, f64),
-    ratio: (f64, f64),
-    flip: f64,
-    seed: u64,
-    max_pixels: u64,
-    reduced_dct: bool,
+    mode: Option<&Bound<'py, PyAny>>,
+    options: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let spec = build_spec(mode, size, crop, scale, ratio, flip, seed, max_pixels, reduced_dct)?;
+    let spec = options_of(py, mode, options)?.stage()?.spec;
     let pixels = py
         .detach(|| DECODER.with(|d| d.borrow_mut().decode(data, &spec)))
         .map_err(|e| PyValueError::new_err(e.message))?;
     pixels_to_array(py, pixels)
+}
+
+/// The options a call names: `mode` as a name or an `ImageOptions`, changed by the keyword `options`.
+fn options_of<'py>(
+    py: Python<'py>,
+    mode: Option<&Bound<'py, PyAny>>,
+    options: Option<&Bound<'py, PyDict>>,
+) -> PyResult<ImageOptions> {
+    match mode {
+        Some(m) if m.cast::<ImageOptions>().is_ok() => ImageOptions::extract_with(m, options),
+        _ => {
+            let kwargs = options.map_or_else(|| Ok(PyDict::new(py)), |o| o.copy())?;
+            if let Some(m) = mode {
+                kwargs.set_item("mode", m)?;
+            }
+            ImageOptions::extract_with(&kwargs, None)
+        }
+    }
 }
 
 /// The storage behind a decoded image's numpy array (its `base`). When the array is freed, the storage goes back
@@ -103,29 +116,27 @@ pub(crate) fn pixels_to_array(py: Python<'_>, pixels: Pixels) -> PyResult<Bound<
     Ok(array.into_any())
 }
 
-/// The crop window and flip `decode_image` would use for an image of `height` x `width` with these arguments:
-/// `(top, left, crop_height, crop_width, flipped)` in full-size pixel coordinates (fractional for "center").
+/// The crop window and flip `decode_image` would use for an image of `height` x `width` resized to `size` with
+/// these options (an `ImageOptions`'s keyword arguments): `(top, left, crop_height, crop_width, flipped)` in
+/// full-size pixel coordinates (fractional for "center"). Boxes or keypoints labelled on the full image map to
+/// the decoded crop through it.
 #[pyfunction]
-#[pyo3(signature = (height, width, size, *, crop = "center", scale = (0.08, 1.0), ratio = (3.0 / 4.0, 4.0 / 3.0),
-    flip = 0.0, seed = 0))]
-#[allow(clippy::too_many_arguments)]
-pub fn image_crop_params(
+#[pyo3(signature = (height, width, size, **options))]
+pub fn image_crop_params<'py>(
+    py: Python<'py>,
     height: u32,
     width: u32,
     size: (u32, u32),
-    crop: &str,
-    scale: (f64, f64),
-    ratio: (f64, f64),
-    flip: f64,
-    seed: u64,
+    options: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<(f64, f64, f64, f64, bool)> {
-    let spec = build_spec("rgb8", Some(size), crop, scale, ratio, flip, seed, image::DEFAULT_MAX_PIXELS, true)?;
+    let kwargs = options.map_or_else(|| Ok(PyDict::new(py)), |o| o.copy())?;
+    kwargs.set_item("size", size)?;
+    let spec = ImageOptions::extract_with(&kwargs, None)?.stage()?.spec;
     let resize = spec.resize.ok_or_else(|| PyValueError::new_err("size is required"))?;
-    image::validate(&resize, flip).map_err(|e| PyValueError::new_err(e.message))?;
     if height == 0 || width == 0 {
         return Err(PyValueError::new_err("height and width must be positive"));
     }
-    let plan = image::plan(width, height, Some(&resize), flip, seed);
+    let plan = image::plan(width, height, Some(&resize), spec.flip, spec.seed);
     let c = plan.crop.ok_or_else(|| PyValueError::new_err("no crop"))?;
     Ok((c.top, c.left, c.height, c.width, plan.flip))
 }

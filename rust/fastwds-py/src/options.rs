@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
 use crate::buffer::bytes_allocator;
-use crate::image_options::image_stage;
+use crate::image_options::ImageOptions;
 use crate::pyfile::{OwnedPyFile, PyFileReader};
 
 /// Members this large are read by the reader threads straight into the `bytes` Python gets.
@@ -71,7 +71,7 @@ impl Options {
 
     pub(crate) fn config(&self, py: Python<'_>) -> PyResult<ReaderConfig> {
         let images = match &self.images {
-            Some(images) => Some(Arc::new(image_stage(images.bind(py))?)),
+            Some(images) => Some(Arc::new(ImageOptions::extract_with(images.bind(py), None)?.stage()?)),
             None => None,
         };
         Ok(ReaderConfig {

@@ -3,7 +3,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::image_options::image_stage;
+use crate::image_options::ImageOptions;
 use crate::iterator::SampleIterator;
 use crate::options::{field_names, Options};
 use fastwds_core::reader::{DEFAULT_MAX_MEMBER_BYTES, DEFAULT_READ_TIMEOUT};
@@ -47,11 +47,11 @@ impl ShardReader {
         if !(read_timeout > 0.0 && Duration::try_from_secs_f64(read_timeout).is_ok()) {
             return Err(PyValueError::new_err("read_timeout must be a positive number of seconds"));
         }
-        // Checked now, so a typo fails at construction rather than on the first sample.
-        if let Some(images) = &images {
-            image_stage(images)?;
-        }
-        let images = images.map(Bound::unbind);
+        // Made (and so checked) now, so a typo fails at construction rather than on the first sample.
+        let images = match images {
+            Some(images) => Some(Py::new(images.py(), ImageOptions::extract_with(&images, None)?)?.into_any()),
+            None => None,
+        };
         let options = Options {
             threads,
             prefetch,
