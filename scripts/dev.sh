@@ -175,6 +175,8 @@ case "$cmd" in
         step "cargo test"; PYO3_PYTHON="$PY" cargo test --workspace -q
         step "ruff";     "$VENV/bin/ruff" check python tests benches examples scripts
         "$VENV/bin/ruff" format --check python tests benches examples scripts
+        step "mypy, stubtest"; FASTWDS_VENV="$VENV" scripts/typecheck.sh
+        step "cargo check (fuzz targets)"; cargo check --manifest-path rust/fuzz/Cargo.toml -q
         step "pytest";   "$PY" -m pytest -q -p no:cacheprovider
         wheel_check
         step "all checks passed"
