@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # fastwds developer entry point.
 #   scripts/dev.sh demo   build, then run the benchmark harness on its built-in sample datasets (quick size)
-#   scripts/dev.sh test   release wheel, then every check CI runs: rustfmt, clippy, cargo tests, ruff, pytest, wheel
+#   scripts/dev.sh test   release wheel, then every check CI runs: rustfmt, clippy, cargo tests, ruff, mypy and
+#                         stubtest, the fuzz crate compiled, pytest, the wheel installed in a clean venv
 #   scripts/dev.sh bench  build, add torchvision and DALI, then the full benchmark harness (several minutes)
 #   scripts/dev.sh build  create/update the venv and build the extension into it
 #   scripts/dev.sh wheel  the release sdist and wheel (zig, manylinux), checked, installed in a clean venv
@@ -182,7 +183,7 @@ case "$cmd" in
         step "all checks passed"
         ;;
     *)
-        sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
         exit 2
         ;;
 esac

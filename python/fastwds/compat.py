@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 from . import autodecode, cache, filters, images, shardlists, utils
 from .filters import reraise_exception
 from .pipeline import DataPipeline
-from .tariterators import ShardSamples
+from .reader import ShardSamples
 
 __all__ = ["FluidInterface", "check_empty", "WebDataset", "FluidWrapper", "WebLoader"]
 

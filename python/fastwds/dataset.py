@@ -23,8 +23,8 @@ from .autodecode import imagespecs, unpickle_loads
 from .filters import _shuffle
 from .handlers import reraise_exception
 from .pytorch import LazyIterableDataset
+from .reader import _is_reraise, _ShardFeed, core_handler
 from .shardlists import split_by_worker
-from .tariterators import _is_reraise, _ShardFeed, core_handler
 
 __all__ = ["WebDataset", "default_handlers", "imagespecs", "imagehandler", "make_decoder", "maybe_int"]
 
