@@ -185,3 +185,35 @@ def assert_same_list(a: list[Any], b: list[Any]) -> None:
     assert len(a) == len(b), f"{len(a)} samples != {len(b)}"
     for i, (x, y) in enumerate(zip(a, b)):
         assert_same(x, y, f"sample {i}")
+
+
+def pids_with(marker: str, *, zombies: bool = True) -> list[int]:
+    """Processes other than this one whose command line contains `marker` (zombies too, unless told not)."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = (
+                Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            )
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker in cmdline and (zombies or state != "Z"):
+            found.append(int(entry))
+    return found
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0) -> bool:
+    """Polls `condition` until it is true or `timeout` seconds pass; returns its last value's truth."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return bool(condition())

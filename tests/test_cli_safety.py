@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import fastwds
+from conftest import pids_with, wait_until
 from fastwds.cli import main
 from fastwds.cli.ls import quote
 
@@ -83,27 +84,7 @@ def _marker() -> str:
 
 
 def _running(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            found.append(int(entry))
-    return found
-
-
-def _wait_for(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+    return pids_with(marker)
 
 
 def _stop(args: list[str], marker: str, signum: int, cwd: Path) -> subprocess.CompletedProcess:
@@ -116,7 +97,7 @@ def _stop(args: list[str], marker: str, signum: int, cwd: Path) -> subprocess.Co
         stderr=subprocess.PIPE,
     )
     try:
-        assert _wait_for(lambda: _running(marker)), "the command's child never started"
+        assert wait_until(lambda: _running(marker)), "the command's child never started"
         time.sleep(0.2)  # the CLI's handlers are in place before it starts children; give it a moment anyway
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
@@ -139,7 +120,7 @@ def test_create_stopped_by_a_signal_kills_its_commands_and_removes_its_temporary
     (tmp_path / "list.txt").write_text(f"a.txt a.txt\nb.bin pipe:{marker}\nc.bin pipe:echo c\n")
     done = _stop(["create", "list.txt", "-j", jobs, "-o", "out.tar"], marker, signum, tmp_path)
     assert done.returncode == -signum, done.stderr
-    assert _wait_for(lambda: not _running(marker), 5), "the pipe: command outlived the CLI"
+    assert wait_until(lambda: not _running(marker), 5), "the pipe: command outlived the CLI"
     assert sorted(os.listdir(tmp_path)) == ["a.txt", "list.txt"]
 
 
@@ -151,5 +132,5 @@ def test_readers_stopped_by_sigterm_kill_their_pipe_commands(tmp_path: Path, com
     output = {"cat": ["-o", "out.tar"], "split": ["-o", "out-%06d.tar"]}.get(command, [])
     done = _stop([command, url, *output], marker, signal.SIGTERM, tmp_path)
     assert done.returncode == -signal.SIGTERM, done.stderr
-    assert _wait_for(lambda: not _running(marker), 5), "the pipe: command outlived the CLI"
+    assert wait_until(lambda: not _running(marker), 5), "the pipe: command outlived the CLI"
     assert sorted(os.listdir(tmp_path)) == ["x.tar"]

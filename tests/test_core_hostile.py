@@ -23,7 +23,7 @@ import pytest
 import webdataset
 
 import fastwds
-from conftest import reference, write_shards
+from conftest import pids_with, reference, wait_until, write_shards
 
 # ---------------------------------------------------------------------------------------------------------
 # Secure mode
@@ -108,31 +108,8 @@ def test_secure_mode_follows_enforce_security_set_by_the_program(
 
 
 def processes_running(marker: str) -> list[int]:
-    """Pids of processes whose command line contains `marker`."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = next(
-                (line for line in (entry / "status").read_text().splitlines() if line.startswith("State:")),
-                "",
-            )
-        except OSError:
-            continue
-        if marker in cmdline and "zombie" not in state:
-            pids.append(int(entry.name))
-    return pids
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
+    """Running processes (zombies left out) whose command line contains `marker`."""
+    return pids_with(marker, zombies=False)
 
 
 def test_endless_zero_blocks_after_a_shard_end_it_instead_of_spinning(tmp_path: Path) -> None:

@@ -14,12 +14,12 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import webdataset
 
+from conftest import pids_with, wait_until
 from fastwds import _core
 
 
@@ -29,20 +29,8 @@ def task_count() -> int:
 
 
 def live_pids(marker: str) -> list[int]:
-    """Processes (not zombies) whose command line contains `marker`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            cmdline = (
-                Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            )
-        except OSError:
-            continue
-        if marker in cmdline:
-            found.append(int(entry))
-    return found
+    """Processes (zombies too) whose command line contains `marker`."""
+    return pids_with(marker)
 
 
 def unreaped_children(pids: list[int]) -> list[int]:
@@ -57,15 +45,6 @@ def unreaped_children(pids: list[int]) -> list[int]:
         if int(ppid) == os.getpid():
             left.append(pid)
     return left
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def stall_seconds() -> str:

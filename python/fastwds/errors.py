@@ -23,19 +23,31 @@ from __future__ import annotations
 import json
 import re
 import tarfile
-from typing import Any
 
 __all__ = ["ShardError", "DuplicateFieldError", "InsecureURLError", "ImageDecodeError"]
 
 
-class _Located:
+class _Located(Exception):
     """Where an error happened: the shard URL, the member and the byte offset, and what kind of error."""
 
-    args: tuple[Any, ...]
     url: str | None
     member: str | None
     offset: int | None
     kind: str
+
+    default_kind = "io"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        url: str | None = None,
+        member: str | None = None,
+        offset: int | None = None,
+        kind: str | None = None,
+    ) -> None:
+        super().__init__(message)  # the exception base that follows in the class's MRO
+        self._locate(url, member, offset, kind or self.default_kind)
 
     def _locate(self, url: str | None, member: str | None, offset: int | None, kind: str) -> None:
         self.url = url
@@ -90,64 +102,22 @@ class ShardError(_Located, tarfile.ReadError, OSError):
     It is an `OSError`, and a `tarfile.ReadError` as code written for webdataset expects of a damaged shard.
     """
 
-    def __init__(
-        self,
-        message: str = "",
-        *,
-        url: str | None = None,
-        member: str | None = None,
-        offset: int | None = None,
-        kind: str = "io",
-    ) -> None:
-        super().__init__(message)
-        self._locate(url, member, offset, kind)
-
 
 class DuplicateFieldError(_Located, ValueError):
     """A sample holds the same field twice (a `ValueError`, as the reference raises). With a handler that
     continues, the repeated member is dropped and the shard goes on."""
 
-    def __init__(
-        self,
-        message: str = "",
-        *,
-        url: str | None = None,
-        member: str | None = None,
-        offset: int | None = None,
-        kind: str = "duplicate",
-    ) -> None:
-        super().__init__(message)
-        self._locate(url, member, offset, kind)
+    default_kind = "duplicate"
 
 
 class InsecureURLError(_Located, ValueError):
-    """A URL refused in secure mode (`WDS_SECURE=1` or `fastwds.utils.enforce_security`): a `pipe:` command
-    or a local file named by a URL list. A `ValueError`, as the reference raises."""
+    """A URL refused in secure mode (`WDS_SECURE=1` or `fastwds.utils.enforce_security`): a `pipe:` URL,
+    which would run a command. A `ValueError`, as the reference raises."""
 
-    def __init__(
-        self,
-        message: str = "",
-        *,
-        url: str | None = None,
-        member: str | None = None,
-        offset: int | None = None,
-        kind: str = "insecure",
-    ) -> None:
-        super().__init__(message)
-        self._locate(url, member, offset, kind)
+    default_kind = "insecure"
 
 
 class ImageDecodeError(_Located, ValueError):
     """An image field could not be decoded on the reader threads; it is found as that field's value."""
 
-    def __init__(
-        self,
-        message: str = "",
-        *,
-        url: str | None = None,
-        member: str | None = None,
-        offset: int | None = None,
-        kind: str = "decode",
-    ) -> None:
-        super().__init__(message)
-        self._locate(url, member, offset, kind)
+    default_kind = "decode"

@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 
-use fastwds_core::image::{self, Crop, DecodeSpec, Decoder, Mode, Pixels, Resize};
+use fastwds_core::image::{self, Decoder, Pixels};
 use numpy::ndarray::{ArrayView, IxDyn};
 use numpy::PyArrayDyn;
 use pyo3::exceptions::PyValueError;
@@ -16,32 +16,6 @@ thread_local! {
     /// One decoder per calling thread, so its resize buffers and scratch image are reused (each image still gets a
     /// fresh libjpeg-turbo handle, see `Decoder::decode`).
     static DECODER: RefCell<Decoder> = RefCell::new(Decoder::new());
-}
-
-fn parse_crop(crop: &str, scale: (f64, f64), ratio: (f64, f64)) -> PyResult<Crop> {
-    match crop {
-        "center" => Ok(Crop::Center),
-        "random_resized" => Ok(Crop::RandomResized { scale, ratio }),
-        other => Err(PyValueError::new_err(format!("crop must be 'center' or 'random_resized', got {other:?}"))),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn build_spec(
-    mode: &str,
-    size: Option<(u32, u32)>,
-    crop: &str,
-    scale: (f64, f64),
-    ratio: (f64, f64),
-    flip: f64,
-    seed: u64,
-    max_pixels: u64,
-    reduced_dct: bool,
-) -> PyResult<DecodeSpec> {
-    let mode = Mode::parse(mode)
-        .ok_or_else(|| PyValueError::new_err(format!("mode must be 'l8', 'rgb8' or 'rgba8', got {mode:?}")))?;
-    let crop = parse_crop(crop, scale, ratio)?;
-    Ok(DecodeSpec { mode, resize: size.map(|size| Resize { size, crop }), flip, seed, max_pixels, reduced_dct })
 }
 
 /// Decodes JPEG/PNG/PPM bytes to a uint8 array (HxWxC, HxW for "l8") equal to Pillow's, optionally cropped,

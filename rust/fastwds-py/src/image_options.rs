@@ -2,13 +2,11 @@
 //! `images=`, `decode_image` and `image_crop_params` all take their options through it, and Python's image
 //! stages build one instead of a dict.
 
-use fastwds_core::image::{self, DEFAULT_MAX_PIXELS};
+use fastwds_core::image::{self, Crop, DecodeSpec, Mode, Resize, DEFAULT_MAX_PIXELS};
 use fastwds_core::ImageStage;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-
-use crate::image::build_spec;
 
 /// The image fields decoded on the reader threads when none are named: those webdataset's image handlers
 /// take that the core decodes.
@@ -138,19 +136,31 @@ impl ImageOptions {
         Ok(d)
     }
 
+    /// The core's decode spec for these options.
+    fn spec(&self) -> PyResult<DecodeSpec> {
+        let mode = Mode::parse(&self.mode).ok_or_else(|| {
+            PyValueError::new_err(format!("mode must be 'l8', 'rgb8' or 'rgba8', got {:?}", self.mode))
+        })?;
+        let crop = match self.crop.as_str() {
+            "center" => Crop::Center,
+            "random_resized" => Crop::RandomResized { scale: self.scale, ratio: self.ratio },
+            other => {
+                return Err(PyValueError::new_err(format!("crop must be 'center' or 'random_resized', got {other:?}")))
+            }
+        };
+        Ok(DecodeSpec {
+            mode,
+            resize: self.size.map(|size| Resize { size, crop }),
+            flip: self.flip,
+            seed: self.seed,
+            max_pixels: self.max_pixels,
+            reduced_dct: self.reduced_dct,
+        })
+    }
+
     /// The core's image stage for these options.
     pub fn stage(&self) -> PyResult<ImageStage> {
-        let spec = build_spec(
-            &self.mode,
-            self.size,
-            &self.crop,
-            self.scale,
-            self.ratio,
-            self.flip,
-            self.seed,
-            self.max_pixels,
-            self.reduced_dct,
-        )?;
+        let spec = self.spec()?;
         if let Some(resize) = &spec.resize {
             image::validate(resize, self.flip).map_err(|e| PyValueError::new_err(e.message))?;
         }
