@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import webdataset
 
-from fastwds import _core
+from fastwds import _core, tariterators
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 
@@ -484,7 +484,7 @@ SPLIT_NAMES = [
 @pytest.mark.parametrize("name", SPLIT_NAMES)
 def test_split_key_matches_base_plus_ext(name: str) -> None:
     key, field = webdataset.tariterators.base_plus_ext(name)
-    assert _core.split_key(name) == (None if key is None else (key, field))
+    assert tariterators.split_key(name) == (None if key is None else (key, field))
 
 
 # ---- errors ------------------------------------------------------------------------------------------------

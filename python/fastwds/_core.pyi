@@ -130,7 +130,9 @@ def tar_members(source: str | BinaryIO, *, url: str | None = None, info: bool = 
     `info`, also `mode`, `uid`, `gid`, `uname`, `gname` and `mtime`."""
 
 def split_key(name: str) -> tuple[str, str] | None:
-    """Splits a member name into (key, field) by the webdataset rule; None when it does not match."""
+    """Splits a member name into (key, field) exactly as the reader groups members (webdataset's rule: the key
+    runs to the first `.` of the last path component); None for a name the reader skips. Public as
+    `fastwds.tariterators.split_key`, for code that names members the way the reader will group them."""
 
 @final
 class ImageOptions:

@@ -28,6 +28,7 @@ from .reader import (  # noqa: F401 (re-exported: the tar stage's bridge lived h
 
 __all__ = [
     "base_plus_ext",
+    "split_key",
     "valid_sample",
     "shardlist",
     "url_opener",
@@ -45,6 +46,10 @@ meta_prefix = "__"
 meta_suffix = "__"
 
 Handler = Callable[[BaseException], bool]
+
+
+# The reader's own grouping rule: (key, field) for a member name, None for names it skips.
+split_key = _core.split_key
 
 
 def base_plus_ext(path: str) -> tuple[str, str] | tuple[None, None]:
