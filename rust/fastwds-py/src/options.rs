@@ -110,14 +110,19 @@ impl Options {
     /// Opens URLs whose scheme the core does not read: with `opener`, or else with `fastwds.gopen.gopen`, whose
     /// scheme table users extend (`gs://` through gsutil, `hf://`, their own).
     fn fallback_opener(&self, py: Python<'_>) -> PyResult<Arc<fastwds_core::source::OpenFn>> {
-        let f = match &self.opener {
-            Some(f) => f.clone_ref(py),
-            None => py.import("fastwds.gopen")?.getattr("gopen")?.unbind(),
-        };
+        // The default opener holds no Python object: the config is often dropped on a reader thread without
+        // the GIL, where dropping one takes PyO3's deferred-decref lock, and a fork() at that moment (a
+        // DataLoader starting its workers) would leave the child deadlocked on it.
+        let user = self.opener.as_ref().map(|f| f.clone_ref(py));
         Ok(Arc::new(move |url: &str| {
-            Python::attach(|py| f.call1(py, (url,)))
-                .map(|file| Box::new(OwnedPyFile(PyFileReader::new(file))) as Box<dyn std::io::Read + Send>)
-                .map_err(keep_pyerr)
+            Python::attach(|py| {
+                let file = match &user {
+                    Some(f) => f.bind(py).call1((url,))?,
+                    None => py.import("fastwds.gopen")?.getattr("gopen")?.call1((url,))?,
+                };
+                Ok(Box::new(OwnedPyFile::new(PyFileReader::new(file.unbind()))) as Box<dyn std::io::Read + Send>)
+            })
+            .map_err(keep_pyerr)
         }))
     }
 

@@ -43,19 +43,33 @@ impl Read for PyFileReader {
 }
 
 /// A file object the core opened through a Python opener: read like [`PyFileReader`], closed when dropped.
-pub struct OwnedPyFile(pub PyFileReader);
+pub struct OwnedPyFile(Option<PyFileReader>);
+
+impl OwnedPyFile {
+    pub fn new(reader: PyFileReader) -> Self {
+        OwnedPyFile(Some(reader))
+    }
+}
 
 impl Read for OwnedPyFile {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        match &mut self.0 {
+            Some(reader) => reader.read(buf),
+            None => Ok(0),
+        }
     }
 }
 
 impl Drop for OwnedPyFile {
     fn drop(&mut self) {
-        Python::attach(|py| {
-            // A failing close (a `pipe:` command that was cut short) adds nothing to what the read reported.
-            let _ = self.0.file.bind(py).call_method0(intern!(py, "close"));
-        });
+        // Closed and released with the GIL held, on the reader thread that drops it: a Python object dropped
+        // without the GIL would go through PyO3's deferred-decref lock (see `Options::fallback_opener`).
+        if let Some(reader) = self.0.take() {
+            Python::attach(|py| {
+                // A failing close (a `pipe:` command cut short) adds nothing to what the read reported.
+                let _ = reader.file.bind(py).call_method0(intern!(py, "close"));
+                drop(reader);
+            });
+        }
     }
 }
