@@ -18,9 +18,7 @@ from .gopen import gopen as gopen_url
 from .reader import (  # noqa: F401 (re-exported: the tar stage's bridge lived here)
     READER_OPTIONS,
     ShardSamples,
-    _is_reraise,
     _read_samples,
-    _ShardFeed,
     core_handler,
     local_path,
     reader_threads,
