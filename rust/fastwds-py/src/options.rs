@@ -8,7 +8,7 @@ use std::time::Duration;
 use fastwds_core::error::CallbackError;
 use fastwds_core::reader::{DEFAULT_MAX_MEMBER_BYTES, DEFAULT_READ_TIMEOUT};
 use fastwds_core::ReaderConfig;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
@@ -36,7 +36,7 @@ pub struct Options {
     pub(crate) images: Option<Py<PyAny>>,
     pub(crate) max_member_bytes: u64,
     /// Seconds a network read may wait for data.
-    pub(crate) read_timeout: f64,
+    pub(crate) read_timeout: Duration,
     /// `opener(url) -> binary file object` for schemes the core does not read itself.
     pub(crate) opener: Option<Py<PyAny>>,
 }
@@ -64,7 +64,7 @@ impl Options {
             handler,
             images: None,
             max_member_bytes: DEFAULT_MAX_MEMBER_BYTES,
-            read_timeout: DEFAULT_READ_TIMEOUT.as_secs_f64(),
+            read_timeout: DEFAULT_READ_TIMEOUT,
             opener: None,
         }
     }
@@ -101,8 +101,7 @@ impl Options {
             allocate_from: LARGE_FIELD,
             secure: secure_mode(py)?,
             max_member_bytes: self.max_member_bytes,
-            read_timeout: Duration::try_from_secs_f64(self.read_timeout)
-                .map_err(|_| PyValueError::new_err("read_timeout must be a positive number of seconds"))?,
+            read_timeout: self.read_timeout,
             opener: Some(self.fallback_opener(py)?),
         })
     }
@@ -141,7 +140,7 @@ impl Options {
         d.set_item("handler", self.handler.as_ref().map(|f| f.clone_ref(py)))?;
         d.set_item("images", self.images.as_ref().map(|f| f.clone_ref(py)))?;
         d.set_item("max_member_bytes", self.max_member_bytes)?;
-        d.set_item("read_timeout", self.read_timeout)?;
+        d.set_item("read_timeout", self.read_timeout.as_secs_f64())?;
         d.set_item("opener", self.opener.as_ref().map(|f| f.clone_ref(py)))?;
         Ok(d)
     }

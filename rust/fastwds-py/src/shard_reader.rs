@@ -44,9 +44,10 @@ impl ShardReader {
         opener: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let fields = field_names(fields)?;
-        if !(read_timeout > 0.0 && Duration::try_from_secs_f64(read_timeout).is_ok()) {
-            return Err(PyValueError::new_err("read_timeout must be a positive number of seconds"));
-        }
+        let read_timeout = Duration::try_from_secs_f64(read_timeout)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .ok_or_else(|| PyValueError::new_err("read_timeout must be a positive number of seconds"))?;
         // Made (and so checked) now, so a typo fails at construction rather than on the first sample.
         let images = match images {
             Some(images) => Some(Py::new(images.py(), ImageOptions::extract_with(&images, None)?)?.into_any()),
