@@ -30,8 +30,9 @@ from urllib.request import url2pathname
 
 import numpy as np
 
-from . import utils
+from . import _core, utils
 from .gopen import gopen, rewrite_url
+from .shardindex import SUFFIX, ShardIndex, is_metadata, write_index
 from .tarformat import HeaderMaker, archive_size, member_size, padding, tar_format
 
 __all__ = [
@@ -418,6 +419,45 @@ def _local_file_target(url: str) -> str | None:
     return path if stat.S_ISREG(mode) else None
 
 
+def _index_entries(samples: list[Any], starts: list[int]) -> tuple[list[str], list[int]]:
+    """The index's keys and offsets from what `TarWriter` noted of each sample written: its key (whose
+    members the reader groups under `split_key(key + ".field")`, the same for every field without "/") or
+    a list of (reader key, offset in the sample) marks; consecutive samples with one key are one sample to
+    the reader."""
+    try:
+        joined = "\n".join(samples)
+    except TypeError:
+        pass  # some samples have marks
+    else:
+        plain = "." not in joined and "/" not in joined and "\n\n" not in joined
+        plain = plain and not joined.startswith("\n") and not joined.endswith("\n")  # no empty key
+        if plain and len(set(samples)) == len(samples):
+            return samples, starts  # every key is its own reader key, and none repeats
+    keys: list[str] = []
+    offsets: list[int] = []
+    last = None
+    split_key = _core.split_key
+    for sample, start in zip(samples, starts):
+        if type(sample) is str:
+            parts = split_key(sample + ".x")
+            marks = [] if parts is None else [(parts[0], 0)]
+        else:
+            marks = sample
+        for key, offset in marks:
+            if key != last:
+                keys.append(key)
+                offsets.append(start + offset)
+                last = key
+    return keys, offsets
+
+
+def _unresolved_path(url: str) -> str:
+    """The local path a writer's local-file URL names, symbolic links left as they are."""
+    url = rewrite_url(url)
+    parsed = urlparse(url)
+    return url2pathname(parsed.path) if parsed.scheme == "file" else url
+
+
 class _PendingFile:
     """A local output written under a hidden temporary name in its directory (`.NAME.XXXXXXXX.tmp`) and renamed
     to its final name by `commit()`; `discard()` removes it. So a shard never appears under its name before
@@ -476,6 +516,11 @@ class TarWriter:
     sample. Metadata fields other than `__key__` (names starting with "_") are only written with
     `keep_meta=True`. Members get `mode`, owner names `user`/`group` and `mtime` (default: the time of
     writing). `format` picks how over-long names are stored: ustar/pax (default) or GNU.
+
+    `index`: whether to write the shard's index (`fastwds.shardindex`) beside it as `NAME.wdsidx` when it is
+    closed. By default (None) that is done when the target is a local file (a path or `file:` URL), and
+    not for streams, pipes, file objects or remote URLs, which have no place for it (True raises
+    ValueError there). After `close()`, `index` holds the `ShardIndex` written (or None).
     """
 
     def __init__(
@@ -489,6 +534,7 @@ class TarWriter:
         keep_meta: bool = False,
         mtime: float | None = None,
         format: Any = None,
+        index: bool | None = None,
     ) -> None:
         self._headers = HeaderMaker(user, group, mode, tar_format(format))
         self.mtime = mtime
@@ -503,17 +549,31 @@ class TarWriter:
         kind = _compression(fileobj, compress)
         self._pending: _PendingFile | None = None
         self._failed = False
+        # The index's path, and the keys and offsets of the samples written so far (the reader's keys).
+        self._index_path: str | None = None
+        self._keys: list[Any] | None = None  # per sample: its key, or the marks of `_index_marks`
+        self._starts: list[int] = []  # per sample: the offset of its first header
+        self.index: ShardIndex | None = None
         if isinstance(fileobj, str):
             self.own_fileobj = fileobj != "-"
             # In secure mode gopen refuses local files (as webdataset's TarWriter does).
             path = None if utils.enforce_security else _local_file_target(fileobj)
             if path is not None:
+                if index is not False:
+                    # Beside the name given (a symbolic link's, not its target's): where readers look.
+                    self._index_path = _unresolved_path(fileobj) + SUFFIX
+                    self._keys = []
                 self._pending = _PendingFile(path)
                 fileobj = self._pending.stream
             else:
                 fileobj = gopen(fileobj, "wb")
         else:
             self.own_fileobj = False
+        if index and self._keys is None:
+            raise ValueError(
+                "TarWriter(index=True) needs a local file target (a path or file: URL); a stream, pipe or "
+                "remote URL has no place for an index (index it later with `fastwds index`)"
+            )
         self.stream = fileobj
         sink: Any = _Compressed(fileobj, kind) if kind else fileobj
         fd = None
@@ -530,8 +590,9 @@ class TarWriter:
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
         self.close()
 
-    def _prepare(self, obj: dict[str, Any]) -> tuple[list[tuple[bytes, Any]], int]:
-        """Encodes a sample into (header, data) pairs and the number of tar bytes they take."""
+    def _prepare(self, obj: dict[str, Any]) -> tuple[list[tuple[bytes, Any]], int, Any]:
+        """Encodes a sample into (header, data) pairs and the number of tar bytes they take, with what the index
+        needs to know of it (None when not indexing; see `_index_marks`)."""
         obj = self.encoder(obj)
         if not isinstance(obj, dict) or "__key__" not in obj:
             raise ValueError("object must contain a __key__")
@@ -542,6 +603,8 @@ class TarWriter:
         members = []
         total = 0
         make = self._headers.make
+        indexing = self._keys is not None
+        slashed = False
         data: bytes | bytearray | memoryview
         for k, v in obj.items():
             if k[0] == "_":
@@ -561,9 +624,37 @@ class TarWriter:
             header = make(key + "." + k, size, mtime)
             members.append((header, data))
             total += member_size(header, size)
-        return members, total
+            if indexing and "/" in k:
+                slashed = True
+        marks: Any = None
+        if indexing:
+            # Members `key.field` whose fields hold no "/" are grouped under a key that depends on `key` alone
+            # (resolved when the shard is closed), unless `key` starts with "__" (then `__key.field__` is
+            # metadata the reader skips).
+            marks = (
+                key if members and not slashed and key[:2] != "__" else self._index_marks(key, obj, members)
+            )
+        return members, total, marks
 
-    def _write_prepared(self, members: list[tuple[bytes, Any]], total: int) -> None:
+    def _index_marks(
+        self, key: str, obj: dict[str, Any], members: list[tuple[bytes, Any]]
+    ) -> list[tuple[str, int]]:
+        """Where the reader's keys start in a sample's members: (key, offset from the sample's start) at each
+        change of key, metadata and unsplittable names skipped (the reader's rules)."""
+        fields = [k for k in obj if not (k[0] == "_" and (k == "__key__" or not self.keep_meta))]
+        marks: list[tuple[str, int]] = []
+        current = None
+        offset = 0
+        for field, (header, data) in zip(fields, members):
+            name = key + "." + field
+            parts = None if is_metadata(name) else _core.split_key(name)
+            if parts is not None and parts[0] != current:
+                current = parts[0]
+                marks.append((current, offset))
+            offset += member_size(header, len(data))
+        return marks
+
+    def _write_prepared(self, members: list[tuple[bytes, Any]], total: int, marks: Any) -> None:
         if self._failed:
             raise ValueError("write to a TarWriter whose output failed")
         out = self._out
@@ -574,6 +665,9 @@ class TarWriter:
         except BaseException:
             self._fail()
             raise
+        if marks is not None:
+            self._keys.append(marks)  # type: ignore[union-attr]
+            self._starts.append(self._offset)
         self._offset += total
 
     def _fail(self) -> None:
@@ -590,8 +684,8 @@ class TarWriter:
         file is removed, a stream is left without the end-of-archive marker, and later writes raise."""
         if self.closed:
             raise ValueError("write to a closed TarWriter")
-        members, total = self._prepare(obj)
-        self._write_prepared(members, total)
+        members, total, marks = self._prepare(obj)
+        self._write_prepared(members, total, marks)
         return total
 
     def close(self) -> None:
@@ -628,6 +722,11 @@ class TarWriter:
         finally:
             if self.own_fileobj and pending is None:
                 self.stream.close()
+        if self._index_path is not None and self._keys is not None:
+            keys, offsets = _index_entries(self._keys, self._starts)
+            st = os.stat(self._index_path[: -len(SUFFIX)])
+            self.index = ShardIndex(keys, offsets, self._offset, st.st_size, str(st.st_mtime_ns))
+            write_index(self._index_path, self.index)
 
     @staticmethod
     def tarmode(fileobj: Any, compress: bool | str | None = None) -> str:
@@ -642,7 +741,8 @@ class ShardWriter:
     A new shard is started before a sample would make the current one hold more than `maxcount` samples
     or grow past `maxsize` bytes (uncompressed tar size; a sample larger than that gets a shard of its own).
     `post(fname)` runs after each shard is closed; `opener(fname)` opens the output (default: gopen).
-    `verbose` prints "# writing NAME COUNT SIZE TOTAL" when a shard starts; other keywords go to `TarWriter`.
+    `verbose` prints "# writing NAME COUNT SIZE TOTAL" when a shard starts; other keywords go to `TarWriter`,
+    among them `index`: each local shard gets its index beside it (`NAME.wdsidx`) unless `index=False`.
     """
 
     def __init__(
@@ -692,14 +792,14 @@ class ShardWriter:
         if self.tarstream is None:
             self.next_stream()
         assert self.tarstream is not None
-        members, total = self.tarstream._prepare(obj)
+        members, total, marks = self.tarstream._prepare(obj)
         full = self.count >= self.maxcount
         if not full and self.count > 0:
             full = archive_size(self.size + total) > self.maxsize
         if full:
             self.next_stream()
             assert self.tarstream is not None
-        self.tarstream._write_prepared(members, total)
+        self.tarstream._write_prepared(members, total, marks)
         self.count += 1
         self.total += 1
         self.size += total
