@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -22,12 +23,13 @@ import webdataset.filters as ref_filters
 
 import fastwds
 from conftest import reference, write_shards, write_wds
+from fastwds import shardindex
 from fastwds.cli import main
 from fastwds.cli._util import parse_size
 from fastwds.cli.progress import Progress
 
 PYTHONPATH = os.path.dirname(os.path.dirname(os.path.abspath(fastwds.__file__)))
-COMMANDS = ["create", "ls", "stats", "cat", "split", "bench"]
+COMMANDS = ["create", "ls", "stats", "cat", "split", "index", "bench"]
 
 
 def cli_env() -> dict[str, str]:
@@ -573,6 +575,100 @@ def test_parse_size():
     assert parse_size("1234") == 1234
     with pytest.raises(ValueError, match="not a size"):
         parse_size("lots")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# index
+
+
+def unindexed_shards(directory: Path, nshards: int = 3, per_shard: int = 7) -> list[str]:
+    """Shards written by fastwds's ShardWriter without indexes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pattern = str(directory / "shard-%06d.tar")
+    with fastwds.ShardWriter(pattern, maxcount=per_shard, verbose=0, index=False) as sink:
+        for i in range(nshards * per_shard):
+            sink.write({"__key__": f"s{i:05d}", "txt": f"text {i}", "cls": i % 3})
+    return [pattern % i for i in range(nshards)]
+
+
+def test_index_writes_each_shards_index_beside_it(cli, tmp_path):
+    paths = unindexed_shards(tmp_path / "d")
+    result = cli("index", str(tmp_path / "d" / "shard-{000000..000002}.tar"), "--jobs", "2")
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[:2] == ["shards   3 (3 indexed, 0 up to date)", "samples  21"]
+    assert re.fullmatch(r"index    [\d,]+ bytes \(\d+\.\d per sample\)", lines[2])
+    for path in paths:
+        assert shardindex.load_index(path) == shardindex.build_index(path)
+        assert shardindex.load_index(path).count == 7
+    assert shardindex.dataset_length(paths) == 21
+    # Up to date: nothing is rebuilt, unless --force.
+    result = cli("index", *paths)
+    assert result.code == 0 and result.out.startswith("shards   3 (0 indexed, 3 up to date)")
+    result = cli("index", "--force", *paths)
+    assert result.code == 0 and result.out.startswith("shards   3 (3 indexed, 0 up to date)")
+
+
+def test_index_reads_shards_in_parallel(capsys, tmp_path, monkeypatch):
+    paths = unindexed_shards(tmp_path, nshards=3)
+    together = threading.Barrier(3, timeout=30)
+    build = shardindex._build
+
+    def build_when_all_run(url, stop):
+        together.wait()  # breaks (and the shard fails) unless three builds run at once
+        return build(url, stop)
+
+    monkeypatch.setattr(shardindex, "_build", build_when_all_run)
+    result = inprocess(capsys, "index", "--jobs", "3", *paths)
+    assert result.code == 0, result.err
+    assert all(os.path.exists(path + shardindex.SUFFIX) for path in paths)
+
+
+def test_index_rebuilds_a_stale_or_damaged_index(capsys, tmp_path):
+    paths = unindexed_shards(tmp_path, nshards=2)
+    assert inprocess(capsys, "index", *paths).code == 0
+    st = os.stat(paths[0])
+    os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    Path(paths[1] + shardindex.SUFFIX).write_bytes(b"junk")
+    result = inprocess(capsys, "index", *paths)
+    assert result.code == 0, result.err
+    assert result.out.startswith("shards   2 (2 indexed, 0 up to date)")
+    assert [shardindex.load_index(p) for p in paths] == [shardindex.build_index(p) for p in paths]
+
+
+def test_index_of_shards_that_are_not_local_goes_to_the_output_dir(cli, tmp_path):
+    (path,) = unindexed_shards(tmp_path / "d", nshards=1)
+    url = f"pipe:cat {path}"
+    result = cli("index", url)
+    assert result.code == 1 and "not a local file" in result.err and "--output-dir" in result.err
+    (tmp_path / "idx").mkdir()
+    result = cli("index", url, "--output-dir", str(tmp_path / "idx"))
+    assert result.code == 0, result.err
+    assert os.listdir(tmp_path / "idx") == ["shard-000000.tar.wdsidx"]
+    index = shardindex.load_index(url, index_dir=str(tmp_path / "idx"))
+    assert index is not None and index.keys == shardindex.build_index(path).keys
+    assert not os.path.exists(path + shardindex.SUFFIX)
+
+
+def test_index_reports_a_damaged_shard_and_indexes_the_others(cli, tmp_path):
+    paths = unindexed_shards(tmp_path, nshards=3)
+    data = Path(paths[1]).read_bytes()
+    Path(paths[1]).write_bytes(data[: len(data) // 3])
+    result = cli("index", *paths)
+    assert result.code == 1
+    assert "shard-000001.tar" in result.err and "1 of 3 shards could not be indexed" in result.err
+    assert result.out.startswith("shards   3 (2 indexed, 0 up to date)")
+    assert [os.path.exists(p + shardindex.SUFFIX) for p in paths] == [True, False, True]
+
+
+def test_index_refuses_two_shards_with_one_index(capsys, tmp_path):
+    (a,) = unindexed_shards(tmp_path / "a", nshards=1)
+    (b,) = unindexed_shards(tmp_path / "b", nshards=1)
+    (tmp_path / "idx").mkdir()
+    result = inprocess(
+        capsys, "index", f"pipe:cat {a}", f"pipe:cat {b}", "--output-dir", str(tmp_path / "idx")
+    )
+    assert result.code == 1 and "would both have their index at" in result.err
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The `fastwds` command line: create, ls, stats, cat, split and bench subcommands."""
+"""The `fastwds` command line: create, ls, stats, cat, split, index and bench subcommands."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import os
 import sys
 
 from .._core import ShardError, __version__
-from . import bench, cat, create, ls, split, stats
+from . import bench, cat, create, index, ls, split, stats
 from ._util import CommandError
 
-COMMANDS = (create, ls, stats, cat, split, bench)
+COMMANDS = (create, ls, stats, cat, split, index, bench)
 
 EPILOG = """\
 examples:
@@ -19,6 +19,7 @@ examples:
   fastwds stats 'train-{000000..000099}.tar'       # counts and sizes; fails on a damaged shard
   fastwds cat 'train-{000..009}.tar' -o all.tar    # concatenate (--shuffle N, --select F,G, --slice A:B)
   fastwds split all.tar -o 'out-%06d.tar' --maxcount 1000
+  fastwds index 'train-{000000..000099}.tar'      # write each shard's index (NAME.wdsidx) beside it
   fastwds bench 'train-{000000..000015}.tar'       # read speed, beside webdataset when installed
 
 Run `fastwds COMMAND --help` for each command's options and examples.
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="fastwds",
-        description="Create, inspect, check, concatenate, reshard and benchmark WebDataset tar shards.",
+        description="Create, inspect, check, concatenate, reshard, index and benchmark WebDataset tar shards.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
