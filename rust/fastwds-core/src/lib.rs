@@ -5,11 +5,13 @@
 //! [`reader`] runs several shards at once on a small thread pool into a bounded [`ring`] buffer that the
 //! consumer drains. Nothing here knows about Python.
 
+pub mod cache;
 pub mod decompress;
 pub mod error;
 pub mod image;
 mod permits;
 pub mod reader;
+pub mod remote;
 pub mod ring;
 pub mod sample;
 pub mod source;

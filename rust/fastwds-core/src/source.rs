@@ -1,6 +1,7 @@
-//! Opening a shard URL as a byte stream: local paths, `file:`, `-` (stdin), `pipe:CMD` and `http(s)://` are
-//! read here; any other scheme goes to the caller's fallback opener (the binding passes Python's `gopen`
-//! table, which users extend), or is an error naming the scheme.
+//! Opening a shard URL as a byte stream: local paths, `file:`, `-` (stdin) and `pipe:CMD` are read here, and
+//! `s3://`, `gs://`, `hf://` and `http(s)://` by [`crate::remote`]; any other scheme goes to the caller's
+//! fallback opener (the binding passes Python's `gopen` table, which users extend), or is an error naming the
+//! scheme.
 //!
 //! A `pipe:` command runs in its own process group so that cancelling a read kills the whole pipeline
 //! (`curl ... | zcat`), not just the shell; its stderr tail is kept for the error message.
@@ -16,6 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::{CallbackError, ErrorKind, ShardError};
+use crate::remote::{self, RemoteOptions};
 
 /// Opens a URL whose scheme the core does not read itself.
 pub type OpenFn = dyn Fn(&str) -> Result<Box<dyn Read + Send>, CallbackError> + Send + Sync;
@@ -212,22 +214,27 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Opens a shard URL for reading; `fallback` opens schemes not read here.
-pub fn open_url(
-    url: &str,
-    registry: &ChildRegistry,
-    http: &ureq::Agent,
-    fallback: Option<&OpenFn>,
-) -> Result<Opened, ShardError> {
+/// What opening a URL may need: the reader's running commands, its HTTP agent and remote settings, its cancel
+/// flag, and the opener of schemes not read here.
+pub struct Openers<'a> {
+    pub children: &'a ChildRegistry,
+    pub http: &'a ureq::Agent,
+    pub remote: &'a RemoteOptions,
+    pub cancel: &'a Arc<AtomicBool>,
+    pub fallback: Option<&'a OpenFn>,
+}
+
+/// Opens a shard URL for reading.
+pub fn open_url(url: &str, openers: &Openers<'_>) -> Result<Opened, ShardError> {
     let plain = |stream: Box<dyn Read + Send>| Ok(Opened { stream, command: None });
     if url == "-" {
         return plain(Box::new(io::stdin()));
     }
     if let Some(cmd) = url.strip_prefix("pipe:") {
-        return open_pipe(url, cmd, registry);
+        return open_pipe(url, cmd, openers.children);
     }
-    if url.starts_with("http://") || url.starts_with("https://") {
-        return plain(open_http(url, http)?);
+    if remote::is_remote(url) {
+        return plain(remote::open(url, openers.remote, openers.http, openers.cancel)?);
     }
     let path = if let Some(rest) = url.strip_prefix("file://") {
         rest
@@ -235,7 +242,7 @@ pub fn open_url(
         rest
     } else {
         if let Some(scheme) = url_scheme(url) {
-            if let Some(open) = fallback {
+            if let Some(open) = openers.fallback {
                 return match open(url) {
                     Ok(stream) => plain(stream),
                     Err(cause) => Err(ShardError { kind: ErrorKind::Open, ..ShardError::callback(url, cause) }),
@@ -315,8 +322,8 @@ fn open_pipe(url: &str, cmd: &str, registry: &ChildRegistry) -> Result<Opened, S
 }
 
 /// An HTTP client with timeouts for connecting, for the response headers and for each read of the body
-/// (`read_timeout`: a stalled server fails the shard); the body as a whole has none, since a multi-GB shard
-/// may legitimately take long. `Agent::shutdown` on a clone interrupts every read in progress.
+/// (`read_timeout`: a stalled read is retried from the byte it reached); the body as a whole has none, since a
+/// multi-GB shard may legitimately take long. `Agent::shutdown` on a clone interrupts every read in progress.
 pub fn http_agent(read_timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
@@ -326,29 +333,4 @@ pub fn http_agent(read_timeout: Duration) -> ureq::Agent {
         .user_agent("fastwds")
         .build()
         .into()
-}
-
-fn open_http(url: &str, agent: &ureq::Agent) -> Result<Box<dyn Read + Send>, ShardError> {
-    match agent.get(url).call() {
-        Ok(response) => Ok(Box::new(HttpBody(Box::new(response.into_body().into_reader())))),
-        Err(ureq::Error::StatusCode(code)) => Err(ShardError::new(ErrorKind::Open, url, format!("HTTP status {code}"))),
-        Err(ureq::Error::Timeout(t)) => {
-            Err(ShardError::new(ErrorKind::Timeout, url, format!("HTTP request timed out ({t})")))
-        }
-        Err(e) => Err(ShardError::new(ErrorKind::Open, url, format!("HTTP request failed: {e}"))),
-    }
-}
-
-/// An HTTP body whose read timeouts are `io::ErrorKind::TimedOut`, so they are reported as timeouts.
-struct HttpBody(Box<dyn Read + Send>);
-
-impl Read for HttpBody {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf).map_err(|e| match e.get_ref().and_then(|inner| inner.downcast_ref::<ureq::Error>()) {
-            Some(ureq::Error::Timeout(t)) => {
-                io::Error::new(io::ErrorKind::TimedOut, format!("no data within the read timeout ({t})"))
-            }
-            _ => e,
-        })
-    }
 }

@@ -11,11 +11,14 @@
 
 use std::collections::HashSet;
 use std::io::Read;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use crate::cache::CacheSettings;
 use crate::error::{CallbackError, ShardError};
+use crate::remote::RemoteOptions;
 use crate::ring::Weighed;
 use crate::sample::{BufferAllocator, Sample};
 use crate::source::OpenFn;
@@ -35,7 +38,7 @@ pub type SelectFn = dyn Fn(&str) -> Result<bool, CallbackError> + Send + Sync;
 /// The default [`ReaderConfig::max_member_bytes`]: far above any real sample, far below what a hostile
 /// size field could make a reader hold.
 pub const DEFAULT_MAX_MEMBER_BYTES: u64 = 2 << 30;
-/// The default [`ReaderConfig::read_timeout`].
+/// The default read timeout ([`RemoteOptions::read_timeout`]).
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How to read shards.
@@ -67,8 +70,10 @@ pub struct ReaderConfig {
     pub secure: bool,
     /// A member larger than this is an error naming it, raised before any of it is buffered.
     pub max_member_bytes: u64,
-    /// How long a network read may wait for the next byte before the shard fails.
-    pub read_timeout: Duration,
+    /// How remote shards are reached: client settings, the read timeout, retries.
+    pub remote: RemoteOptions,
+    /// Where `ShardSpec::Cached` shards are cached, and how large the cache may grow.
+    pub cache: Option<CacheSettings>,
     /// Opens URLs of schemes the core does not read itself (`gs://` through `gsutil`, a user's scheme).
     pub opener: Option<Arc<OpenFn>>,
 }
@@ -92,7 +97,8 @@ impl Default for ReaderConfig {
             allocate_from: 1 << 20,
             secure: false,
             max_member_bytes: DEFAULT_MAX_MEMBER_BYTES,
-            read_timeout: DEFAULT_READ_TIMEOUT,
+            remote: RemoteOptions { read_timeout: DEFAULT_READ_TIMEOUT, ..RemoteOptions::default() },
+            cache: None,
             opener: None,
         }
     }
@@ -118,18 +124,23 @@ impl ReaderConfig {
 }
 
 /// A shard to read: a URL the core opens itself, a URL read from another location (a cached local copy, a
-/// rewritten URL) but named by the original, or a stream opened by the caller.
+/// rewritten URL) but named by the original, a stream opened by the caller, or a URL read through the cache
+/// (from the entry at `path`, or downloaded into it while it is read).
 pub enum ShardSpec {
     Url(String),
     Alias { url: String, location: String },
     Stream { url: String, stream: Box<dyn Read + Send> },
+    Cached { url: String, path: PathBuf },
 }
 
 impl ShardSpec {
     /// The name samples carry as `__url__`.
     pub fn url(&self) -> &str {
         match self {
-            ShardSpec::Url(url) | ShardSpec::Alias { url, .. } | ShardSpec::Stream { url, .. } => url,
+            ShardSpec::Url(url)
+            | ShardSpec::Alias { url, .. }
+            | ShardSpec::Stream { url, .. }
+            | ShardSpec::Cached { url, .. } => url,
         }
     }
 }

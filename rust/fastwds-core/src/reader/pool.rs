@@ -32,7 +32,7 @@ struct Task {
 pub(super) struct Shared {
     pub(super) config: ReaderConfig,
     pub(super) ring: Ring<Item>,
-    pub(super) cancel: AtomicBool,
+    pub(super) cancel: Arc<AtomicBool>,
     pub(super) children: ChildRegistry,
     pub(super) http: ureq::Agent,
     running: AtomicUsize,
@@ -61,11 +61,11 @@ impl Pool {
         let threads = config.thread_count();
         let prefetch = config.prefetch_count().max(1);
         let lanes = if config.ordered { prefetch } else { 1 };
-        let http = http_agent(config.read_timeout);
+        let http = http_agent(config.remote.read_timeout);
         let shared = Arc::new(Shared {
             ring: Ring::new(lanes, config.buffer_bytes, config.buffer_samples),
             config,
-            cancel: AtomicBool::new(false),
+            cancel: Arc::new(AtomicBool::new(false)),
             children: ChildRegistry::default(),
             http,
             running: AtomicUsize::new(0),

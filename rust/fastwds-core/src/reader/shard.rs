@@ -8,26 +8,50 @@ use std::sync::Arc;
 use super::decode::Emitter;
 use super::pool::{Shared, Stop};
 use super::{ReaderConfig, ShardSpec};
+use crate::cache::{self, Lookup};
 use crate::decompress::decompress;
 use crate::error::{CallbackError, ErrorKind, ShardError, TarError};
 use crate::ring::Closed;
 use crate::sample::{is_metadata, split_key, Grouper, Sample, Value};
-use crate::source::{open_url, Opened};
+use crate::source::{open_url, Opened, Openers};
 use crate::tar::{MemberHeader, MemberInfo, TarReader};
 
 /// Reads one shard to its end, pushing samples (or members) into its lane.
 pub(super) fn read_shard(shared: &Shared, lane: usize, spec: ShardSpec) -> Result<(), Stop> {
     let url: Arc<str> = Arc::from(spec.url());
-    let open = |u: &str| open_url(u, &shared.children, &shared.http, shared.config.opener.as_deref());
-    if let (true, ShardSpec::Url(u)) = (shared.config.secure, &spec) {
+    let openers = Openers {
+        children: &shared.children,
+        http: &shared.http,
+        remote: &shared.config.remote,
+        cancel: &shared.cancel,
+        fallback: shared.config.opener.as_deref(),
+    };
+    let open = |u: &str| open_url(u, &openers);
+    if let (true, ShardSpec::Url(u) | ShardSpec::Cached { url: u, .. }) = (shared.config.secure, &spec) {
         refuse_insecure(u).map_err(Stop::Failed)?;
     }
+    let mut filling = None;
     let mut opened = match spec {
         ShardSpec::Url(u) => open(&u).map_err(Stop::Failed)?,
         ShardSpec::Alias { location, .. } => open(&location).map_err(|e| {
             Stop::Failed(ShardError { url: url.to_string(), message: format!("{} ({location})", e.message), ..e })
         })?,
         ShardSpec::Stream { stream, .. } => Opened { stream, command: None },
+        ShardSpec::Cached { url: u, path } => match cache::lookup(&path, &shared.cancel) {
+            Ok(Some(Lookup::Hit(file))) => Opened { stream: Box::new(file), command: None },
+            Ok(Some(Lookup::Miss(fill))) => {
+                let mut opened = open(&u).map_err(Stop::Failed)?;
+                let (stream, filled) = fill.tee(opened.stream);
+                opened.stream = stream;
+                filling = Some(filled);
+                opened
+            }
+            Ok(None) => return Err(Stop::Cancelled),
+            Err(e) => {
+                let message = format!("cannot use the cache entry {}: {e}", path.display());
+                return Err(Stop::Failed(ShardError::new(ErrorKind::Open, &url, message)));
+            }
+        },
     };
     let command = opened.command.take();
     let mut out = Emitter::new(shared, lane);
@@ -37,7 +61,7 @@ pub(super) fn read_shard(shared: &Shared, lane: usize, spec: ShardSpec) -> Resul
         (Err(Stop::Cancelled), _) | (_, Err(Closed)) => Err(Stop::Cancelled),
         (read, Ok(())) => read,
     };
-    match read {
+    let outcome = match read {
         Err(Stop::Failed(e)) => Err(Stop::Failed(match command {
             Some(command) => command.explain(&url, e),
             None => e,
@@ -48,9 +72,15 @@ pub(super) fn read_shard(shared: &Shared, lane: usize, spec: ShardSpec) -> Resul
             Some(command) => command.finish(&url, &shared.cancel).map_err(Stop::Failed),
             None => Ok(()),
         },
-        // Endless zeros after the archive: the shard is complete; dropping the command kills it.
+        // Endless zeros after the archive: the shard is complete; dropping the command kills it (and a
+        // download into the cache, which did not reach the end, is discarded).
         Ok(Ending::Abandoned) => Ok(()),
+    };
+    // Only a shard read to its end without any error becomes a cache entry.
+    if let (Ok(()), Some(filled), Some(settings)) = (&outcome, filling, &shared.config.cache) {
+        filled.commit(settings);
     }
+    outcome
 }
 
 /// Refuses, in secure mode, a URL that would run a command (the reference's `enforce_security` refuses
