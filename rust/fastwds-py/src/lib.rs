@@ -10,6 +10,7 @@ mod image_options;
 mod iterator;
 mod options;
 mod pyfile;
+mod remote;
 mod shard_reader;
 mod streams;
 mod wait;
@@ -31,6 +32,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(shard_reader::_rebuild_reader, m)?)?;
     m.add_function(wrap_pyfunction!(image::decode_image, m)?)?;
     m.add_function(wrap_pyfunction!(image::image_crop_params, m)?)?;
+    m.add_function(wrap_pyfunction!(remote::list_objects, m)?)?;
+    m.add_function(wrap_pyfunction!(remote::stat_object, m)?)?;
+    m.add_class::<remote::RemoteReader>()?;
+    m.add_class::<remote::ObjectWriter>()?;
     m.add_class::<image_options::ImageOptions>()?;
     m.add_function(wrap_pyfunction!(image_options::_rebuild_image_options, m)?)?;
     m.add("NATIVE_IMAGE_EXTENSIONS", pyo3::types::PyTuple::new(py, image_options::NATIVE_IMAGE_EXTENSIONS)?)?;

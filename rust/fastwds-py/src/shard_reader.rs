@@ -5,10 +5,10 @@ use pyo3::types::{PyDict, PyTuple};
 
 use crate::image_options::ImageOptions;
 use crate::iterator::SampleIterator;
-use crate::options::{field_names, Options};
+use crate::options::{cache_settings, field_names, Options, Remote};
 use fastwds_core::reader::{DEFAULT_MAX_MEMBER_BYTES, DEFAULT_READ_TIMEOUT};
-use pyo3::exceptions::PyValueError;
-use std::time::Duration;
+use fastwds_core::remote::{DEFAULT_MAX_RETRIES, DEFAULT_RETRY_TIMEOUT};
+use std::path::PathBuf;
 
 /// Reads tar shards into samples on Rust threads; iterating it yields sample dicts.
 #[pyclass(frozen, module = "fastwds._core")]
@@ -23,7 +23,9 @@ impl ShardReader {
     #[pyo3(signature = (shards, *, threads=0, prefetch=0, ordered=true, buffer_bytes=256*1024*1024,
         buffer_samples=4096, fields=None, select_files=None, rename_files=None, lcase=true, members=false,
         handler=None, images=None, max_member_bytes=DEFAULT_MAX_MEMBER_BYTES,
-        read_timeout=DEFAULT_READ_TIMEOUT.as_secs_f64(), opener=None))]
+        read_timeout=DEFAULT_READ_TIMEOUT.as_secs_f64(), opener=None, storage_options=None,
+        max_retries=DEFAULT_MAX_RETRIES, retry_timeout=DEFAULT_RETRY_TIMEOUT.as_secs_f64(), cache_dir=None,
+        cache_size=u64::MAX))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         shards: Py<PyAny>,
@@ -42,12 +44,14 @@ impl ShardReader {
         max_member_bytes: u64,
         read_timeout: f64,
         opener: Option<Py<PyAny>>,
+        storage_options: Option<Bound<'_, PyAny>>,
+        max_retries: u32,
+        retry_timeout: f64,
+        cache_dir: Option<PathBuf>,
+        cache_size: u64,
     ) -> PyResult<Self> {
         let fields = field_names(fields)?;
-        let read_timeout = Duration::try_from_secs_f64(read_timeout)
-            .ok()
-            .filter(|t| !t.is_zero())
-            .ok_or_else(|| PyValueError::new_err("read_timeout must be a positive number of seconds"))?;
+        let remote = Remote::new(storage_options.as_ref(), read_timeout, max_retries, retry_timeout)?;
         // Made (and so checked) now, so a typo fails at construction rather than on the first sample.
         let images = match images {
             Some(images) => Some(Py::new(images.py(), ImageOptions::extract_with(&images, None)?)?.into_any()),
@@ -68,7 +72,8 @@ impl ShardReader {
             handler,
             images,
             max_member_bytes,
-            read_timeout,
+            remote,
+            cache: cache_settings(cache_dir, cache_size),
             opener,
         };
         Ok(ShardReader { shards, options })

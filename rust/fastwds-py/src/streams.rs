@@ -25,6 +25,10 @@ pub fn shard_spec(shard: &Bound<'_, PyAny>) -> PyResult<ShardSpec> {
         if let Some(stream) = d.get_item("stream")?.filter(|s| !s.is_none()) {
             return Ok(ShardSpec::Stream { url, stream: Box::new(PyFileReader::new(stream.unbind())) });
         }
+        // Read through the cache: from its entry, or downloaded into it while read.
+        if let Some(path) = d.get_item("cache_path")?.filter(|p| !p.is_none()) {
+            return Ok(ShardSpec::Cached { url, path: path.extract()? });
+        }
         // A cached copy or a rewritten URL is read from there; samples keep the original name.
         return match d.get_item("local_path")?.filter(|p| !p.is_none()) {
             Some(location) => Ok(ShardSpec::Alias { url, location: location.str()?.extract()? }),
