@@ -27,6 +27,10 @@ __all__ = [
     "ImageOptions",
     "NATIVE_IMAGE_EXTENSIONS",
     "_rebuild_image_options",
+    "list_objects",
+    "stat_object",
+    "RemoteReader",
+    "ObjectWriter",
 ]
 
 __version__: str
@@ -39,7 +43,8 @@ from .errors import ShardError as ShardError
 # A shard is a URL string (path, file:PATH, -, pipe:CMD, http(s)://...), a binary file object with
 # .read(n), or a dict with a "url" key (a webdataset shard-list item) and optionally a "stream" key
 # holding an opened binary file object, or a "local_path" key naming where to read it from (a cached copy,
-# a rewritten URL) while samples keep "url" as their `__url__`. An exception raised by the shard iterable
+# a rewritten URL) while samples keep "url" as their `__url__`, or a "cache_path" key: read through the
+# cache (`cache_dir`), from the entry at that path or downloaded into it while it is read. An exception raised by the shard iterable
 # surfaces after the samples of the shards before it.
 _Shard = str | BinaryIO | dict[str, Any]
 
@@ -69,10 +74,18 @@ class ShardReader:
       dict of its keyword arguments; `{}` for the defaults) says; a failed field's value is an
       `ImageDecodeError` unless it keeps its bytes (`keep_bytes_on_error`).
     - `max_member_bytes`: a larger member is an error naming it, raised before any of it is buffered.
-    - `read_timeout`: seconds a network read may wait for the next byte before the shard fails.
+    - Remote shards (`s3://`, `gs://`, `hf://`, `http(s)://`) are read on the reader threads. `read_timeout`:
+      seconds a read may wait for the next byte before it is retried from the byte it reached;
+      `max_retries`: failed attempts in a row (without progress) before the shard fails; `retry_timeout`:
+      seconds such a run of failures may last. A permanent error (no such key, access denied) fails at once.
+      `storage_options`: object store settings (`object_store`'s keys, e.g. `aws_access_key_id`,
+      `aws_endpoint`, `aws_region`, `google_service_account`) over the environment's.
+    - `cache_dir` / `cache_size`: where shards given with a "cache_path" are cached, and the most bytes the
+      directory may hold (least recently used entries are deleted beyond it).
     - `opener(url) -> binary file object`: opens URLs of schemes the core does not read itself (it reads
-      paths, `file:`, `-`, `pipe:` and http(s)); None uses `fastwds.gopen.gopen`, whose `gopen_schemes` table
-      users extend. The core closes what it opens. What the opener raises reaches the caller as itself.
+      paths, `file:`, `-`, `pipe:`, `s3://`, `gs://`, `hf://` and http(s)); None uses `fastwds.gopen.gopen`,
+      whose `gopen_schemes` table users extend. The core closes what it opens. What the opener raises reaches
+      the caller as itself.
 
     In secure mode (`fastwds.utils.enforce_security`, set by `WDS_SECURE=1`) `pipe:` URLs are refused with
     `InsecureURLError` before anything runs.
@@ -97,6 +110,11 @@ class ShardReader:
         max_member_bytes: int = 2 * 1024**3,
         read_timeout: float = ...,  # 60.0
         opener: Callable[[str], BinaryIO] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        max_retries: int = 10,
+        retry_timeout: float = ...,  # 180.0
+        cache_dir: str | None = None,
+        cache_size: int = ...,  # 2**64 - 1
     ) -> ShardReader: ...
     def __iter__(self) -> SampleIterator: ...
 
@@ -208,3 +226,59 @@ def image_crop_params(
     """The (top, left, crop_height, crop_width, flipped) that `decode_image` uses for an image of that size
     resized to `size` with these `ImageOptions` arguments, in full-size pixel coordinates: boxes or keypoints
     labelled on the full image map to the decoded crop through it."""
+
+def list_objects(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The object URLs under a prefix (`s3://bkt/train/`) or matching a glob (`s3://bkt/train/shard-*.tar`),
+    sorted; every page of the listing."""
+
+def stat_object(url: str, storage_options: dict[str, Any] | None = None) -> tuple[int, str | None]:
+    """An object's (size, ETag or None)."""
+
+@final
+class RemoteReader:
+    """A remote object (`s3://`, `gs://`, `hf://`, `http(s)://`) read as a binary file, resumed after drops."""
+
+    def __new__(
+        cls,
+        url: str,
+        storage_options: dict[str, Any] | None = None,
+        read_timeout: float = ...,  # 60.0
+        max_retries: int = 10,
+        retry_timeout: float = ...,  # 180.0
+    ) -> RemoteReader: ...
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (all that is left when `size` is negative); b"" at the end."""
+
+    def readable(self) -> bool: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def name(self) -> str: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RemoteReader: ...
+    def __exit__(self, *_args: object) -> None: ...
+
+@final
+class ObjectWriter:
+    """An object written by multipart upload: it appears under its name only when `close()` completes it;
+    `abort()` (or leaving a `with` block by an exception, or garbage collection before `close()`) leaves no
+    object."""
+
+    def __new__(cls, url: str, storage_options: dict[str, Any] | None = None) -> ObjectWriter: ...
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Buffers `data` (any bytes-like object), uploading full parts; returns its length."""
+
+    def flush(self) -> None: ...
+    def writable(self) -> bool: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def name(self) -> str: ...
+    def close(self) -> None:
+        """Completes the object (a no-op when closed already)."""
+
+    def abort(self) -> None:
+        """Abandons the upload: no object appears."""
+
+    def __enter__(self) -> ObjectWriter: ...
+    def __exit__(self, exc_type: object, _exc: object = None, _tb: object = None) -> None: ...

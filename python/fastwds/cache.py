@@ -1,7 +1,12 @@
 """Caching of remote shards in a local directory (`WebDataset(cache_dir=..., cache_size=...)`).
 
-Remote shards are downloaded whole into the cache directory on first use and read from there afterwards;
-local shards are read in place. `LRUCleanup` keeps the directory under a size limit.
+`WebDataset` caches through the core (`CoreCache`): a remote shard is written to the cache while it streams
+(the first sample does not wait for the whole shard), renamed into place only when it was read to its end
+intact, and read from there afterwards; processes sharing the directory download each shard once; the core
+evicts least recently used shards beyond `cache_size`. Local shards are read in place.
+
+`FileCache` (webdataset's stage: download a shard whole, then read it) and `LRUCleanup` remain for code that
+uses them directly.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import hashlib
 import subprocess
 import sys
 import time
@@ -35,6 +41,8 @@ __all__ = [
     "download",
     "StreamingOpen",
     "FileCache",
+    "CoreCache",
+    "cache_path_for",
 ]
 
 default_cache_dir = os.environ.get("WDS_CACHE", "./_cache")
@@ -109,6 +117,53 @@ def url_to_cache_name(url: str, ndir: int = 0) -> str:
         path = parsed.path.lstrip("/")
         return "/".join(path.split("/")[-1 - ndir :])
     return urllib.parse.quote(url, safe="_+{}*,-")[-128:]
+
+
+def cache_path_for(url: str) -> str:
+    """Return the relative cache path of a URL, distinct for distinct URLs: `SCHEME/HOST/PATH` (so
+    `s3://bkt/train/0.tar` is `s3/bkt/train/0.tar`), plus a digest of any query string; a `pipe:` command or
+    other opaque URL as its quoted text (at most 96 characters) and a digest. No part is `..`, so every path
+    stays inside the cache directory."""
+    if not isinstance(url, str):
+        raise TypeError(f"cache_path_for: expected a str, got {type(url).__name__}")
+    digest = hashlib.sha1(url.encode()).hexdigest()[:12]
+    parsed = urlparse(url)
+    if parsed.scheme and parsed.netloc:
+        parts = [parsed.scheme, parsed.netloc] + [p for p in parsed.path.split("/") if p not in ("", ".", "..")]
+        if len(parts) == 2:
+            parts.append(digest)
+        elif parsed.query or parsed.params:
+            parts[-1] += "." + digest
+        return "/".join(urllib.parse.quote(p, safe="_+-.@=,") for p in parts)
+    quoted = urllib.parse.quote(url, safe="_+-.,=")[:96]
+    return f"{parsed.scheme or 'url'}/{quoted}.{digest}"
+
+
+class CoreCache:
+    """The cache stage of `WebDataset`: gives each remote shard (any URL that is not a local path) its cache
+    path, `{"url": url, "cache_path": path}`, for the core to read from or download into.
+
+    `url_to_name(url)` names the entry relative to `cache_dir` (default `cache_path_for`); the core keeps
+    the directory within `cache_size` bytes.
+    """
+
+    def __init__(self, cache_dir: str, url_to_name: Callable[[str], str] | None = None) -> None:
+        self.cache_dir = cache_dir
+        self.url_to_name = url_to_name or cache_path_for
+
+    def __call__(self, src: Iterable[Any]) -> Iterator[Any]:
+        """Yield the shards of `src` with their cache paths (local shards as they are)."""
+        for item in src:
+            url = item["url"] if isinstance(item, dict) else item
+            if islocal(url) or url == "-" or (isinstance(item, dict) and item.keys() - {"url"}):
+                yield item
+                continue
+            name = self.url_to_name(url)
+            root = os.path.abspath(self.cache_dir)
+            path = os.path.abspath(os.path.join(root, name))
+            if os.path.commonpath([path, root]) != root:
+                raise ValueError(f"cache name {name!r} for {url} leaves the cache directory")
+            yield {"url": url, "cache_path": path}
 
 
 class LRUCleanup:

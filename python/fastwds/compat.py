@@ -288,18 +288,13 @@ class WebDataset(DataPipeline, FluidInterface):
                     args.shardshuffle, seed=self.seed, deterministic=detshuffle, seeded=seeded
                 )
             )
-        # Remote shards are downloaded whole into the cache; local ones are read in place either way.
+        # Remote shards are cached by the core while they stream; local ones are read in place either way.
+        core_cache = None
         if args.cache_dir is not None and args.cache_size != 0:
-            name_fn = cache.url_to_cache_name if url_to_name is cache.pipe_cleaner else url_to_name
-            self.append(
-                cache.FileCache(
-                    cache_dir=args.cache_dir,
-                    cache_size=args.cache_size,
-                    url_to_name=name_fn,
-                    handler=handler,
-                    verbose=verbose,
-                )
-            )
+            name_fn = None if url_to_name is cache.pipe_cleaner else url_to_name
+            self.append(cache.CoreCache(args.cache_dir, url_to_name=name_fn))
+            size = args.cache_size if args.cache_size > 0 else cache.default_cache_size
+            core_cache = (args.cache_dir, int(min(size, 2**64 - 1)))
         self.append(
             ShardSamples(
                 handler=handler,
@@ -307,6 +302,7 @@ class WebDataset(DataPipeline, FluidInterface):
                 rename_files=rename_files,
                 empty_check=empty_check,
                 reader_options=reader_options,
+                cache=core_cache,
             )
         )
 
@@ -336,7 +332,10 @@ class WebDataset(DataPipeline, FluidInterface):
             return
         if isinstance(urls, str) and urls.endswith(".json"):
             raise ValueError("unimplemented")
-        if isinstance(urls, str) and urlparse(urls).path.endswith("/"):
+        if isinstance(urls, str) and shardlists.needs_listing(urls):
+            storage_options = (args.reader_options or {}).get("storage_options")
+            urls = shardlists.expand_urls(urls, storage_options=storage_options)
+        elif isinstance(urls, str) and urlparse(urls).path.endswith("/"):
             urls = shardlists.directory_shards(urls)
         if isinstance(urls, str) or utils.is_iterable(urls):
             if args.mode == "resampled":

@@ -405,6 +405,31 @@ def gopen_ais(url: str, mode: str = "rb", bufsize: int = 8192) -> Pipe:
     return _command_pipe(cmd, mode, bufsize, [141, 23], [141, 26])
 
 
+def gopen_object(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> Any:
+    """Reads an `s3://` or `gs://` object natively (resumed after drops), or writes one by multipart upload
+    (the object appears only when the file is closed; `abort()` or an exception in a `with` block leaves
+    none). `storage_options` (a dict) adds client settings to the environment's."""
+    from . import _core
+
+    _check_mode(mode)
+    if mode[0] == "w":
+        return _core.ObjectWriter(url, storage_options=kw.get("storage_options"))
+    return _core.RemoteReader(url, storage_options=kw.get("storage_options"))
+
+
+def gopen_http(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> Any:
+    """Reads an `http(s)://` or `hf://` URL natively (resumed after drops, `HF_TOKEN` sent to the Hub);
+    writes an `http(s)://` URL with an HTTP PUT through curl."""
+    from . import _core
+
+    _check_mode(mode)
+    if mode[0] == "w":
+        if url.startswith("hf:"):
+            raise ValueError(f"{url}: cannot write hf:// URLs")
+        return gopen_curl(url, mode, bufsize)
+    return _core.RemoteReader(url)
+
+
 def gopen_error(url: str, *args: Any, **kw: Any) -> Any:
     """Raises ValueError: the URL's scheme has no handler."""
     scheme = urlparse(url).scheme
@@ -418,15 +443,16 @@ def gopen_error(url: str, *args: Any, **kw: Any) -> Any:
 gopen_schemes: dict[str, Callable[..., Any]] = dict(
     __default__=gopen_error,
     pipe=gopen_pipe,
-    http=gopen_curl,
-    https=gopen_curl,
+    http=gopen_http,
+    https=gopen_http,
     ais=gopen_ais,
     sftp=gopen_curl,
     ftps=gopen_curl,
     scp=gopen_curl,
-    gs=gopen_gsutil,
+    s3=gopen_object,
+    gs=gopen_object,
     htgs=gopen_htgs,
-    hf=gopen_hf,
+    hf=gopen_http,
 )
 
 if "USE_AIS_FOR" in os.environ:
@@ -459,7 +485,8 @@ def gopen(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> Any:
     """Opens a URL for binary reading ("rb") or writing ("wb") and returns a file-like object.
 
     `-` is stdin/stdout; a path or `file:` URL is a local file (GOPEN_BUFFER sets its buffer size);
-    other schemes go through `gopen_schemes` (`pipe:CMD`, http(s) via curl, gs, ais, hf, ...).
+    other schemes go through `gopen_schemes` (`pipe:CMD`; `s3://`, `gs://`, `hf://` and http(s) read natively
+    by the core; `s3://` and `gs://` written by multipart upload; ais, ...).
     GOPEN_REWRITE rewrites the URL first; GOPEN_VERBOSE=1 logs opens.
     """
     if _verbose():

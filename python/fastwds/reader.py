@@ -88,15 +88,19 @@ class _ShardFeed:
                 url = item["url"]
                 stream = item.get("stream")
                 given_path = item.get("local_path")
+                cache_path = item.get("cache_path")
             else:
-                url, stream, given_path = item, None, None
+                url, stream, given_path, cache_path = item, None, None, None
             try:
-                if given_path is not None:
+                if cache_path is not None and stream is None and given_path is None:
+                    # Read through the core's cache: its entry, or downloaded into it while it streams.
+                    shard: Any = {"url": url, "cache_path": cache_path}
+                elif given_path is not None:
                     # A local copy (the cache's) is read by the core; the stream the cache opened is not needed.
                     if stream is not None:
                         _close_quietly(stream)
                         stream = None
-                    shard: Any = {"url": url, "local_path": given_path}
+                    shard = {"url": url, "local_path": given_path}
                 elif stream is not None:
                     shard = {"url": url, "stream": stream}
                 else:
@@ -158,6 +162,9 @@ READER_OPTIONS = (
     "buffer_samples",
     "max_member_bytes",
     "read_timeout",
+    "max_retries",
+    "retry_timeout",
+    "storage_options",
 )
 
 
@@ -210,7 +217,8 @@ class ShardSamples:
 
     `images` (the core's `images=` options, see `fastwds.images`) decodes image fields on the reader threads;
     each pass is an epoch for their random crops (`epoch` is the last pass; `set_epoch` in `WebDataset`).
-    `reader_options` go to the core's `ShardReader` (see `READER_OPTIONS`).
+    `reader_options` go to the core's `ShardReader` (see `READER_OPTIONS`). `cache` is (directory, size in
+    bytes) of the core's shard cache, for shards that the cache stage gave a "cache_path".
     """
 
     def __init__(
@@ -222,6 +230,7 @@ class ShardSamples:
         local_paths: bool = True,
         images: _core.ImageOptions | None = None,
         reader_options: dict[str, Any] | None = None,
+        cache: tuple[str, int] | None = None,
     ) -> None:
         self.handler = handler
         self.select_files = select_files
@@ -230,6 +239,8 @@ class ShardSamples:
         self.local_paths = local_paths
         self.images = images
         self.reader_options = _checked_reader_options(reader_options)
+        if cache is not None:
+            self.reader_options.update(cache_dir=cache[0], cache_size=cache[1])
         self.epoch = -1
 
     def __repr__(self) -> str:

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import braceexpand
 import yaml
 
+from . import _core
 from .filters import _shuffle, pipelinefilter
 from .pytorch import LazyIterableDataset
 from .utils import (
@@ -52,6 +53,8 @@ __all__ = [
     "ResampledShardList",
     "ShardShuffle",
     "directory_shards",
+    "object_shards",
+    "needs_listing",
     "DirectoryShardList",
     "MultiShardSample",
     "shardspec",
@@ -136,11 +139,12 @@ def split_by_worker(src: Iterable[Any]) -> Iterator[Any]:
         yield from src
 
 
-def expand_urls(urls: str) -> list[str]:
+def expand_urls(urls: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Expand a URL string into a list of URLs.
 
     The string is split on `::`; in each part `${name}` is replaced by the environment variable `WDS_name`
-    (repeatedly, up to 10 times) and braces are expanded (`a-{000..009}.tar`, `{a,b}.tar`).
+    (repeatedly, up to 10 times) and braces are expanded (`a-{000..009}.tar`, `{a,b}.tar`). An `s3://` or
+    `gs://` URL ending in `/` or holding a glob is listed (see `object_shards`, with `storage_options`).
     """
     result: list[str] = []
     for url in urls.split("::"):
@@ -149,8 +153,35 @@ def expand_urls(urls: str) -> list[str]:
             url = envsubst(url)
             if url == last:
                 break
-        result.extend(braceexpand.braceexpand(url))
+        for expanded in braceexpand.braceexpand(url):
+            if needs_listing(expanded):
+                result.extend(object_shards(expanded, storage_options=storage_options))
+            else:
+                result.append(expanded)
     return result
+
+
+_OBJECT_SCHEMES = ("s3", "gs")
+_SHARD_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tar.zst", ".tar.zstd")
+
+
+def needs_listing(url: str) -> bool:
+    """Tell whether a URL names several objects: an `s3://`/`gs://` prefix ending in `/`, or a glob."""
+    parsed = urlparse(url)
+    return parsed.scheme in _OBJECT_SCHEMES and (url.endswith("/") or any(c in parsed.path for c in "*?["))
+
+
+def object_shards(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Return the object URLs a bucket URL names, sorted: the shards (`.tar`, `.tgz`, `.tar.gz`, `.tar.zst`)
+    directly under a prefix ending in `/`, or every key matching a glob (`*` and `?` stay within one path
+    segment). Every page of the listing is read. Raises ValueError when nothing matches, `ShardError` when
+    the bucket cannot be listed."""
+    found = _core.list_objects(url, storage_options)
+    if url.endswith("/"):
+        found = [u for u in found if "/" not in u[len(url) :] and u.endswith(_SHARD_SUFFIXES)]
+    if not found:
+        raise ValueError(f"{url}: no shards found")
+    return found
 
 
 def expand_source(source: str | Iterable[str], max_urls: int = int(1e9)) -> list[str]:
@@ -363,11 +394,14 @@ _SHARD_PATTERN = "*.{tar,tgz,tar.gz,tar.zst,tar.zstd}"
 
 
 def directory_shards(path: str, pattern: str = _SHARD_PATTERN) -> list[str]:
-    """Return the shard files in a local directory (a path or `file:` URL ending in `/`), sorted.
+    """Return the shard files in a local directory (a path or `file:` URL ending in `/`), or the shard objects
+    under an `s3://`/`gs://` prefix ending in `/`, sorted.
 
     Raises ValueError when it is not a local directory or holds no shards.
     """
     parsed = urlparse(path)
+    if parsed.scheme in _OBJECT_SCHEMES:
+        return object_shards(path)
     if parsed.scheme not in ("", "file"):
         raise ValueError(f"{path}: only local directories can be listed; give a list of shard URLs instead")
     local = path if parsed.scheme == "" else parsed.path
