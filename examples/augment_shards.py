@@ -2,14 +2,18 @@
 
 One Dask task per input shard: it reads the shard with `fastwds.WebDataset`, decodes each `.jpg`, takes a
 random crop and a random horizontal flip, and writes the result with `fastwds.TarWriter` as `.png` + `.cls`
-to an output shard of the same name. An output appears only once complete (written under a temporary
-name, then renamed), so a task that Dask retries, or a rerun after a failure, never leaves a partial shard.
+to an output shard of the same name, in a local directory or under an `s3://` / `gs://` prefix. An output
+appears only once complete (a local shard is written under a temporary name, then renamed; an object is
+uploaded in parts and completed at the end), so a task that Dask retries, or a rerun after a failure, never
+leaves a partial shard.
 
     # a local cluster, one worker process per core
     python examples/augment_shards.py 'imagenet/train-{000000..000146}.tar' -o augmented/
     # an existing cluster (`dask scheduler` on one machine, `dask worker tcp://HOST:8786` on each other)
     python examples/augment_shards.py 'imagenet/train-{000000..000146}.tar' -o /shared/augmented/ \\
         --scheduler tcp://HOST:8786
+    # outputs in a bucket (credentials from the usual AWS_* variables or ~/.aws)
+    python examples/augment_shards.py 's3://bucket/train-{000000..000146}.tar' -o s3://bucket/augmented/
     python examples/augment_shards.py --make-sample-data /tmp/augment   # small synthetic input shards
 """
 
@@ -20,6 +24,7 @@ import os
 import sys
 import zlib
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -48,17 +53,12 @@ def augment_shard(url: str, output: str, size: int = 224, seed: int = 0) -> dict
     dataset = (
         fastwds.WebDataset(url, shardshuffle=False).decode("rgb8").to_tuple("__key__", "jpg;jpeg;png", "cls")
     )
-    temp = f"{output}.tmp-{os.getpid()}"
     count = 0
-    try:
-        with fastwds.TarWriter(temp) as sink:
-            for key, image, cls in dataset:
-                sink.write({"__key__": key, "png": augment(image, rng, size), "cls": cls})
-                count += 1
-        os.replace(temp, output)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+    # TarWriter renames a local output into place on close, and completes an s3:// or gs:// upload then.
+    with fastwds.TarWriter(output) as sink:
+        for key, image, cls in dataset:
+            sink.write({"__key__": key, "png": augment(image, rng, size), "cls": cls})
+            count += 1
     return {"input": url, "output": output, "samples": count, "pid": os.getpid()}
 
 
@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("inputs", nargs="*", help="input shards (brace patterns allowed)")
     parser.add_argument(
-        "-o", "--output", help="output directory (default DIR/augmented with --make-sample-data)"
+        "-o",
+        "--output",
+        help="output directory or s3:// / gs:// prefix (default DIR/augmented with --make-sample-data)",
     )
     parser.add_argument(
         "--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (default: a local cluster)"
@@ -143,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"made {len(inputs)} input shards in {os.path.join(args.make_sample_data, 'input')}")
     if not inputs or not args.output:
         parser.error("give INPUTS and -o OUTPUT, or --make-sample-data DIR")
-    os.makedirs(args.output, exist_ok=True)
-    outputs = [os.path.join(os.path.abspath(args.output), os.path.basename(url)) for url in inputs]
+    if urlparse(args.output).scheme in ("s3", "gs"):
+        outputs = [args.output.rstrip("/") + "/" + url.rsplit("/", 1)[-1] for url in inputs]
+    else:
+        os.makedirs(args.output, exist_ok=True)
+        outputs = [os.path.join(os.path.abspath(args.output), os.path.basename(url)) for url in inputs]
     results = run_on_dask(inputs, outputs, args.scheduler, args.workers, args.size, args.seed)
     print(f"augmented {sum(r['samples'] for r in results)} samples in {len(results)} shards")
     dataset = fastwds.WebDataset(outputs, shardshuffle=False).decode("rgb8").to_tuple("__key__", "png", "cls")

@@ -15,14 +15,16 @@ import webdataset
 
 import fastwds
 from conftest import reference
+from remote_servers import MotoS3, unique_bucket
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PYTHONPATH = os.path.dirname(os.path.dirname(os.path.abspath(fastwds.__file__)))
 
 
-def run_example(name: str, *args: str, cwd: Path) -> str:
-    """Runs examples/NAME with ARGS in `cwd`; returns its stdout, failing the test on a non-zero exit."""
-    env = dict(os.environ)
+def run_example(name: str, *args: str, cwd: Path, extra_env: dict[str, str] | None = None) -> str:
+    """Runs examples/NAME with ARGS in `cwd` (with `extra_env` added to the environment); returns its stdout,
+    failing the test on a non-zero exit."""
+    env = {**os.environ, **(extra_env or {})}
     env["PYTHONPATH"] = os.pathsep.join([PYTHONPATH, *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args],
@@ -134,7 +136,7 @@ def test_objectron_lists(tmp_path):
 def test_augment_shards_on_a_local_dask_cluster(tmp_path):
     out = run_example("augment_shards.py", "--make-sample-data", "aug", "--workers", "2", cwd=tmp_path)
     inputs = sorted(str(p) for p in (tmp_path / "aug" / "input").glob("*.tar"))
-    outputs = sorted(str(p) for p in (tmp_path / "aug" / "augmented").glob("*"))
+    outputs = sorted(str(p) for p in (tmp_path / "aug" / "augmented").glob("*.tar"))
     assert [Path(p).name for p in outputs] == [Path(p).name for p in inputs] and len(inputs) == 4
     source = ref_read(inputs)
     augmented = ref_read(outputs)
@@ -159,6 +161,37 @@ def test_augment_shards_on_a_local_dask_cluster(tmp_path):
     for (mine,), (theirs,) in zip(decoded([str(local)]), decoded([outputs[1]])):
         assert mine.shape == theirs.shape and mine.shape[0] <= 32 and mine.shape[1] <= 32
         assert np.array_equal(mine, theirs)
+    assert "augmented 32 samples in 4 shards" in out
+
+
+def test_augment_shards_writes_outputs_to_a_bucket(tmp_path):
+    """Given an s3:// prefix, the Dask example uploads each output shard there (moto's server, signatures
+    checked): the objects hold the augmented samples of the local inputs, one per input, same names."""
+    with MotoS3() as server:
+        bucket = unique_bucket("augment")
+        server.create_bucket(bucket)
+        out = run_example(
+            "augment_shards.py",
+            "--make-sample-data",
+            "aug",
+            "--workers",
+            "2",
+            "-o",
+            f"s3://{bucket}/augmented/",
+            cwd=tmp_path,
+            extra_env=server.env(),
+        )
+        keys = server.keys(bucket)
+        objects = {key: server.client().get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
+    inputs = sorted((tmp_path / "aug" / "input").glob("*.tar"))
+    assert keys == [f"augmented/{p.name}" for p in inputs]
+    for key, data in objects.items():
+        (tmp_path / Path(key).name).write_bytes(data)
+    augmented = ref_read([str(tmp_path / Path(key).name) for key in keys])
+    source = ref_read([str(p) for p in inputs])
+    assert [s["__key__"] for s in augmented] == [s["__key__"] for s in source] and len(source) == 4 * 8
+    assert [s["cls"] for s in augmented] == [s["cls"] for s in source]
+    assert all(set(s) == {"__key__", "png", "cls"} for s in augmented)
     assert "augmented 32 samples in 4 shards" in out
 
 
