@@ -626,15 +626,13 @@ class TarWriter:
             total += member_size(header, size)
             if indexing and "/" in k:
                 slashed = True
-        marks: Any = None
-        if indexing:
-            # Members `key.field` whose fields hold no "/" are grouped under a key that depends on `key` alone
-            # (resolved when the shard is closed), unless `key` starts with "__" (then `__key.field__` is
-            # metadata the reader skips).
-            marks = (
-                key if members and not slashed and key[:2] != "__" else self._index_marks(key, obj, members)
-            )
-        return members, total, marks
+        if not indexing:
+            return members, total, None
+        if slashed or not members or key[:2] == "__":
+            return members, total, self._index_marks(key, obj, members)
+        # Members `key.field` whose fields hold no "/" are grouped under a key that depends on `key` alone,
+        # resolved when the shard is closed (unless `key` starts with "__": `__key.field__` is metadata).
+        return members, total, key
 
     def _index_marks(
         self, key: str, obj: dict[str, Any], members: list[tuple[bytes, Any]]
