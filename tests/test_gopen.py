@@ -133,13 +133,29 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_http_through_curl(http_root):
+def test_http_is_read_natively(http_root):
+    """gopen reads http(s) through the core (no curl process); a missing file is a ShardError (an OSError)
+    naming the URL, raised when it is opened."""
     root, base = http_root
     (root / "shard.tar").write_bytes(b"x" * 50000)
     with g.gopen(f"{base}/shard.tar") as stream:
+        assert stream.read(10) == b"x" * 10
+        assert stream.read() == b"x" * 49990
+        assert stream.read() == b""
+    assert stream.closed
+    with pytest.raises(OSError, match="status 404") as info:
+        g.gopen(f"{base}/missing.tar")
+    assert info.value.url == f"{base}/missing.tar" and info.value.kind == "open"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_http_through_curl(http_root):
+    """The reference's curl opener stays available as gopen_curl."""
+    root, base = http_root
+    (root / "shard.tar").write_bytes(b"x" * 50000)
+    with g.gopen_curl(f"{base}/shard.tar") as stream:
         assert stream.read() == b"x" * 50000
-    stream = g.gopen(f"{base}/missing.tar")
+    stream = g.gopen_curl(f"{base}/missing.tar")
     with pytest.raises(OSError, match="status 22"):
         stream.read()
         stream.close()

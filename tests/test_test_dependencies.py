@@ -20,7 +20,7 @@ IMPORT_NAMES = {
     "pytest-timeout": {"pytest_timeout"},
 }
 # Modules of the project and the tests' own helpers.
-LOCAL = {"fastwds", "conftest", "_core_dataset", "wheel_smoke"}
+LOCAL = {"fastwds", "conftest", "_core_dataset", "wheel_smoke", "remote_servers"}
 
 
 def _dev_requirements() -> set[str]:

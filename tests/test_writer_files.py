@@ -56,7 +56,7 @@ def test_a_local_shard_appears_under_its_name_only_when_closed(tmp_path: Path, n
     assert temp.startswith(f".{name}.")
     assert os.path.getsize(tmp_path / temp) > 0
     writer.close()
-    assert _temps(tmp_path) == [] and os.listdir(tmp_path) == [name]
+    assert _temps(tmp_path) == [] and sorted(os.listdir(tmp_path)) == [name, name + ".wdsidx"]
     assert len(_names(target)) == 400
     # The permissions a plain open() gives a new file.
     umask = os.umask(0)
@@ -127,7 +127,8 @@ def test_an_exception_in_a_with_block_finishes_the_shard_as_close_does_like_webd
 
         with pytest.raises(RuntimeError, match="own failure"):
             reference(write)
-        assert sorted(os.listdir(directory)) == ["shard-000000.tar", "shard-000001.tar"]
+        shards = sorted(name for name in os.listdir(directory) if not name.endswith(".wdsidx"))
+        assert shards == ["shard-000000.tar", "shard-000001.tar"]
     fast, ref = seen[:2], seen[2:]
     assert [names for _, names, _ in fast] == [names for _, names, _ in ref]
     # `post` saw each shard complete under its own name, with no temporary file beside it.
