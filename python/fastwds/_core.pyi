@@ -111,7 +111,7 @@ class ShardReader:
         read_timeout: float = ...,  # 60.0
         opener: Callable[[str], BinaryIO] | None = None,
         storage_options: dict[str, Any] | None = None,
-        max_retries: int = 10,
+        max_retries: int = ...,  # 10
         retry_timeout: float = ...,  # 180.0
         cache_dir: str | None = None,
         cache_size: int = ...,  # 2**64 - 1
@@ -243,10 +243,10 @@ class RemoteReader:
         url: str,
         storage_options: dict[str, Any] | None = None,
         read_timeout: float = ...,  # 60.0
-        max_retries: int = 10,
+        max_retries: int = ...,  # 10
         retry_timeout: float = ...,  # 180.0
     ) -> RemoteReader: ...
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int = ...) -> bytes:  # size=-1
         """Up to `size` bytes (all that is left when `size` is negative); b"" at the end."""
 
     def readable(self) -> bool: ...

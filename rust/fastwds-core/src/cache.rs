@@ -38,14 +38,15 @@ pub fn lookup(path: &Path, cancel: &AtomicBool) -> io::Result<Option<Lookup>> {
         fs::create_dir_all(parent)?;
     }
     let lock_path = suffixed(path, ".lock");
-    let lock = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&lock_path)?;
     loop {
         if let Some(file) = open_entry(path)? {
             return Ok(Some(Lookup::Hit(file)));
         }
+        let lock = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&lock_path)?;
         if try_lock(&lock)? {
             // The holder may have finished between the look and the lock.
             if let Some(file) = open_entry(path)? {
+                remove_lock(&lock_path, &lock);
                 return Ok(Some(Lookup::Hit(file)));
             }
             let temp = temp_path(path);
@@ -62,6 +63,17 @@ pub fn lookup(path: &Path, cancel: &AtomicBool) -> io::Result<Option<Lookup>> {
             return Ok(None);
         }
         thread::sleep(WAIT_POLL);
+    }
+}
+
+/// Removes the lock file at `path` if it is still the one `lock` holds (not one a later reader made), so no
+/// lock file outlives its use.
+fn remove_lock(path: &Path, lock: &File) {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(named), Ok(held)) = (fs::metadata(path), lock.metadata()) {
+        if named.dev() == held.dev() && named.ino() == held.ino() {
+            let _ = fs::remove_file(path);
+        }
     }
 }
 
@@ -130,7 +142,7 @@ impl Drop for Fill {
         let _ = fs::remove_file(&self.temp);
         // Removed while still held: a reader waiting on it finds the entry (or downloads it, should this one
         // have failed); one arriving later finds the entry first. At worst a failure costs a second download.
-        let _ = fs::remove_file(&self.lock_path);
+        remove_lock(&self.lock_path, &self._lock);
     }
 }
 
@@ -250,9 +262,9 @@ mod tests {
         read_through(&path, b"0123456789", true).expect("miss").commit(&settings);
         assert_eq!(fs::read(&path).ok().as_deref(), Some(&b"0123456789"[..]));
         assert!(matches!(lookup(&path, &AtomicBool::new(false)), Ok(Some(Lookup::Hit(_)))));
-        let mut left = Vec::new();
-        collect_entries(&dir, &mut left);
-        assert_eq!(left.len(), 1, "no .part file left: {left:?}");
+        let left: Vec<_> =
+            fs::read_dir(dir.join("s3/bkt")).into_iter().flatten().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, ["a.tar"], "no .part or .lock file left");
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -234,7 +234,7 @@ pub fn open_url(url: &str, openers: &Openers<'_>) -> Result<Opened, ShardError> 
         return open_pipe(url, cmd, openers.children);
     }
     if remote::is_remote(url) {
-        return plain(remote::open(url, openers.remote, openers.http, openers.cancel)?);
+        return plain(remote::open(url, 0, openers.remote, openers.http, openers.cancel)?);
     }
     let path = if let Some(rest) = url.strip_prefix("file://") {
         rest
@@ -260,6 +260,32 @@ pub fn open_url(url: &str, openers: &Openers<'_>) -> Result<Opened, ShardError> 
     };
     let file = File::open(path).map_err(|e| ShardError::new(ErrorKind::Open, url, format!("cannot open: {e}")))?;
     plain(Box::new(file))
+}
+
+/// Opens a shard URL so that its tar stream can start at byte `start` (a sample's first header): a plain
+/// local `.tar` is opened and seeked there, a remote `.tar` is fetched from there by a ranged request
+/// (`true`: the stream begins at `start`); anything else (compressed, `pipe:`, another scheme) opens at its
+/// beginning (`false`: the reader discards `start` bytes of the uncompressed tar stream).
+pub fn open_url_at(url: &str, start: u64, openers: &Openers<'_>) -> Result<(Opened, bool), ShardError> {
+    use std::io::{Seek, SeekFrom};
+    if start == 0 {
+        return Ok((open_url(url, openers)?, false));
+    }
+    if remote::is_remote(url) && url.split(['?', '#']).next().is_some_and(|path| path.ends_with(".tar")) {
+        let stream = remote::open(url, start, openers.remote, openers.http, openers.cancel)?;
+        return Ok((Opened { stream, command: None }, true));
+    }
+    let local = url.strip_prefix("file://").or_else(|| url.strip_prefix("file:"));
+    let path = local.or_else(|| url_scheme(url).is_none().then_some(url)).filter(|_| url != "-");
+    let Some(path) = path else { return Ok((open_url(url, openers)?, false)) };
+    let open_error = |e: io::Error| ShardError::new(ErrorKind::Open, url, format!("cannot open: {e}"));
+    let mut file = File::open(path).map_err(open_error)?;
+    let mut magic = [0u8; 4];
+    let filled = file.read(&mut magic).map_err(open_error)?;
+    let compressed = (filled >= 2 && magic[..2] == [0x1f, 0x8b]) || (filled == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd]);
+    let at = if compressed { 0 } else { start };
+    file.seek(SeekFrom::Start(at)).map_err(open_error)?;
+    Ok((Opened { stream: Box::new(file), command: None }, !compressed))
 }
 
 /// The scheme of `scheme://...` or `scheme:...` URLs; None for paths (a Windows drive letter is not a scheme).

@@ -58,9 +58,15 @@ pub struct MemberInfo {
 
 impl<R: Read> TarReader<R> {
     pub fn new(inner: R) -> Self {
+        Self::starting_at(inner, 0)
+    }
+
+    /// A reader of a tar stream whose first byte is at `offset` of the whole archive (a shard opened at a
+    /// sample's header), so that errors name offsets in the whole archive.
+    pub fn starting_at(inner: R, offset: u64) -> Self {
         TarReader {
             inner,
-            offset: 0,
+            offset,
             pending: 0,
             current: None,
             finished: false,

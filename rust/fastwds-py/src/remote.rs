@@ -71,7 +71,7 @@ impl RemoteReader {
         let remote = Remote::new(storage_options.as_ref(), read_timeout, max_retries, retry_timeout)?;
         let cancel = Arc::new(AtomicBool::new(false));
         let agent = http_agent(remote.0.read_timeout);
-        let body = py.detach(|| remote::open(&url, &remote.0, &agent, &cancel)).map_err(|e| to_pyerr(py, e))?;
+        let body = py.detach(|| remote::open(&url, 0, &remote.0, &agent, &cancel)).map_err(|e| to_pyerr(py, e))?;
         Ok(RemoteReader { url, body: Mutex::new(Some(body)), cancel })
     }
 

@@ -25,6 +25,14 @@ pub fn shard_spec(shard: &Bound<'_, PyAny>) -> PyResult<ShardSpec> {
         if let Some(stream) = d.get_item("stream")?.filter(|s| !s.is_none()) {
             return Ok(ShardSpec::Stream { url, stream: Box::new(PyFileReader::new(stream.unbind())) });
         }
+        // A span of samples: from the one whose first header is at `start` in the uncompressed tar stream, to
+        // the one before the header at `end` (or the shard's end).
+        let start = d.get_item("start")?.filter(|s| !s.is_none());
+        let end = d.get_item("end")?.filter(|e| !e.is_none());
+        if start.is_some() || end.is_some() {
+            let start = start.map(|s| s.extract()).transpose()?.unwrap_or(0);
+            return Ok(ShardSpec::From { url, start, end: end.map(|e| e.extract()).transpose()? });
+        }
         // Read through the cache: from its entry, or downloaded into it while read.
         if let Some(path) = d.get_item("cache_path")?.filter(|p| !p.is_none()) {
             return Ok(ShardSpec::Cached { url, path: path.extract()? });

@@ -125,12 +125,29 @@ impl ReaderConfig {
 
 /// A shard to read: a URL the core opens itself, a URL read from another location (a cached local copy, a
 /// rewritten URL) but named by the original, a stream opened by the caller, or a URL read through the cache
-/// (from the entry at `path`, or downloaded into it while it is read).
+/// (from the entry at `path`, or downloaded into it while it is read), or a URL read from a sample on.
 pub enum ShardSpec {
     Url(String),
-    Alias { url: String, location: String },
-    Stream { url: String, stream: Box<dyn Read + Send> },
-    Cached { url: String, path: PathBuf },
+    Alias {
+        url: String,
+        location: String,
+    },
+    Stream {
+        url: String,
+        stream: Box<dyn Read + Send>,
+    },
+    Cached {
+        url: String,
+        path: PathBuf,
+    },
+    /// A URL read from byte `start` of its uncompressed tar stream (a sample's first header, from its index):
+    /// seeked or fetched from there where the shard is a plain `.tar`, else read and discarded up to it; with
+    /// `end`, reading stops before the first member whose header starts at or after it (the next sample's).
+    From {
+        url: String,
+        start: u64,
+        end: Option<u64>,
+    },
 }
 
 impl ShardSpec {
@@ -140,7 +157,8 @@ impl ShardSpec {
             ShardSpec::Url(url)
             | ShardSpec::Alias { url, .. }
             | ShardSpec::Stream { url, .. }
-            | ShardSpec::Cached { url, .. } => url,
+            | ShardSpec::Cached { url, .. }
+            | ShardSpec::From { url, .. } => url,
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::decompress::decompress;
 use crate::error::{CallbackError, ErrorKind, ShardError, TarError};
 use crate::ring::Closed;
 use crate::sample::{is_metadata, split_key, Grouper, Sample, Value};
-use crate::source::{open_url, Opened, Openers};
+use crate::source::{open_url, open_url_at, Opened, Openers};
 use crate::tar::{MemberHeader, MemberInfo, TarReader};
 
 /// Reads one shard to its end, pushing samples (or members) into its lane.
@@ -27,11 +27,19 @@ pub(super) fn read_shard(shared: &Shared, lane: usize, spec: ShardSpec) -> Resul
         fallback: shared.config.opener.as_deref(),
     };
     let open = |u: &str| open_url(u, &openers);
-    if let (true, ShardSpec::Url(u) | ShardSpec::Cached { url: u, .. }) = (shared.config.secure, &spec) {
+    if let (true, ShardSpec::Url(u) | ShardSpec::Cached { url: u, .. } | ShardSpec::From { url: u, .. }) =
+        (shared.config.secure, &spec)
+    {
         refuse_insecure(u).map_err(Stop::Failed)?;
     }
     let mut filling = None;
+    let mut span = Span { start: 0, seeked: true, end: None };
     let mut opened = match spec {
+        ShardSpec::From { url: u, start, end } => {
+            let (opened, seeked) = open_url_at(&u, start, &openers).map_err(Stop::Failed)?;
+            span = Span { start, seeked, end };
+            opened
+        }
         ShardSpec::Url(u) => open(&u).map_err(Stop::Failed)?,
         ShardSpec::Alias { location, .. } => open(&location).map_err(|e| {
             Stop::Failed(ShardError { url: url.to_string(), message: format!("{} ({location})", e.message), ..e })
@@ -55,7 +63,7 @@ pub(super) fn read_shard(shared: &Shared, lane: usize, spec: ShardSpec) -> Resul
     };
     let command = opened.command.take();
     let mut out = Emitter::new(shared, lane);
-    let read = read_members(shared, opened.stream, &url, &mut out);
+    let read = read_members(shared, opened.stream, &span, &url, &mut out);
     // Samples completed before a failure are delivered before it.
     let read = match (read, out.flush()) {
         (Err(Stop::Cancelled), _) | (_, Err(Closed)) => Err(Stop::Cancelled),
@@ -108,16 +116,37 @@ enum Ending {
 /// stream is left unread.
 const MAX_TAIL: u64 = 4 << 20;
 
+/// The part of a shard's tar stream to read.
+struct Span {
+    /// Where reading begins (a member's first header).
+    start: u64,
+    /// Whether the opened stream begins at `start` already (else that many bytes of the uncompressed stream
+    /// are read and discarded first).
+    seeked: bool,
+    /// Reading stops before the first member whose header starts here or later.
+    end: Option<u64>,
+}
+
 /// Parses the tar stream of an opened shard and groups its members.
 fn read_members(
     shared: &Shared,
     stream: Box<dyn Read + Send>,
+    &Span { start, seeked, end }: &Span,
     url: &Arc<str>,
     out: &mut Emitter<'_>,
 ) -> Result<Ending, Stop> {
     let url = Arc::clone(url);
-    let (stream, _) = decompress(stream).map_err(|e| Stop::Failed(TarError::io(0, None, &e).into_shard_error(&url)))?;
-    let mut tar = TarReader::new(stream);
+    let (mut stream, _) =
+        decompress(stream).map_err(|e| Stop::Failed(TarError::io(0, None, &e).into_shard_error(&url)))?;
+    if !seeked {
+        let skipped = io::copy(&mut (&mut stream).take(start), &mut io::sink())
+            .map_err(|e| Stop::Failed(TarError::io(0, None, &e).into_shard_error(&url)))?;
+        if skipped < start {
+            let message = format!("the shard ends at byte {skipped}, before the start asked for ({start})");
+            return Err(Stop::Failed(ShardError::new(ErrorKind::Truncated, &url, message)));
+        }
+    }
+    let mut tar = TarReader::starting_at(stream, start);
     let config = &shared.config;
     let fail = |e: TarError| Stop::Failed(e.into_shard_error(&url));
     let mut grouper = Grouper::new(Arc::clone(&url));
@@ -128,6 +157,13 @@ fn read_members(
         let Some(header) = tar.next_member().map_err(fail)? else {
             break;
         };
+        if end.is_some_and(|end| header.offset >= end) {
+            // The span ends here; the rest of the stream is not this reader's.
+            if let Some(done) = grouper.finish() {
+                out.emit(done)?;
+            }
+            return Ok(Ending::Abandoned);
+        }
         if is_metadata(&header.name) {
             continue;
         }

@@ -58,10 +58,12 @@ impl RemoteOptions {
     }
 }
 
-/// Opens a remote URL (see [`is_remote`]) for reading; `http` is the reader's agent (its per-read timeout is
-/// the read timeout, and shutting it down interrupts reads); reads stop waiting when `cancel` is set.
+/// Opens a remote URL (see [`is_remote`]) for reading from byte `start`; `http` is the reader's agent (its
+/// per-read timeout is the read timeout, and shutting it down interrupts reads); reads stop waiting when
+/// `cancel` is set.
 pub fn open(
     url: &str,
+    start: u64,
     options: &RemoteOptions,
     http: &ureq::Agent,
     cancel: &Arc<AtomicBool>,
@@ -70,7 +72,7 @@ pub fn open(
     match location {
         Location::Http { url: target, token } => {
             let origin = http::HttpOrigin { url: target, token, agent: http.clone() };
-            match resume::Resuming::open(origin, options.policy(), Arc::clone(cancel)) {
+            match resume::Resuming::open(origin, start, options.policy(), Arc::clone(cancel)) {
                 Ok(body) => Ok(Box::new(body)),
                 Err(failure) => Err(failure_error(url, failure)),
             }
@@ -78,7 +80,7 @@ pub fn open(
         Location::Object { store, bucket, key } => {
             let bucket =
                 Bucket::connect(store, &bucket, options).map_err(|m| ShardError::new(ErrorKind::Open, url, m))?;
-            match bucket.read(&key, 0, Arc::clone(cancel)) {
+            match bucket.read(&key, start, Arc::clone(cancel)) {
                 Ok(body) => Ok(Box::new(body)),
                 Err(e) => {
                     let kind = if objects::is_permanent(&e) { ErrorKind::Open } else { ErrorKind::Read };

@@ -208,7 +208,8 @@ impl Read for ObjectBody {
         while self.chunk.is_empty() {
             let Some(stream) = self.stream.as_mut() else { return Ok(0) };
             match block_on_cancellable(&self.bucket.runtime, stream.next(), &self.cancel) {
-                None => return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled")),
+                // Not `Interrupted`, which `read_exact` and `io::copy` would retry.
+                None => return Err(io::Error::other("cancelled")),
                 Some(None) => {
                     self.stream = None;
                     return Ok(0);

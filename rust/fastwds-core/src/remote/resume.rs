@@ -62,11 +62,12 @@ pub struct Resuming<O: Origin> {
 }
 
 impl<O: Origin> Resuming<O> {
-    /// Opens the first body, retrying transient failures; a permanent failure is returned at once.
-    pub fn open(mut origin: O, policy: RetryPolicy, cancel: Arc<AtomicBool>) -> Result<Self, Failure> {
+    /// Opens the first body at byte `start`, retrying transient failures; a permanent failure is returned
+    /// at once.
+    pub fn open(mut origin: O, start: u64, policy: RetryPolicy, cancel: Arc<AtomicBool>) -> Result<Self, Failure> {
         let mut attempts = Attempts::new(&policy);
         let body = loop {
-            match origin.get(0, None) {
+            match origin.get(start, None) {
                 Ok(body) => break body,
                 Err(Failure::Transient(e)) => attempts.failed(e, &cancel).map_err(Failure::Transient)?,
                 Err(e) => return Err(e),
@@ -162,7 +163,8 @@ impl Attempts {
         let until = Instant::now() + pause;
         while Instant::now() < until {
             if cancel.load(Ordering::Relaxed) {
-                return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+                // Not `Interrupted`, which `read_exact` and `io::copy` would retry.
+                return Err(io::Error::other("cancelled"));
             }
             thread::sleep(Duration::from_millis(10).min(until.saturating_duration_since(Instant::now())));
         }
@@ -226,7 +228,7 @@ mod tests {
     fn resumes_where_the_body_was_cut() {
         let origin = flaky(3);
         let expected = origin.data.clone();
-        let mut r = Resuming::open(origin, policy(3), Arc::default()).map_err(|e| format!("{e:?}")).unwrap();
+        let mut r = Resuming::open(origin, 0, policy(3), Arc::default()).map_err(|e| format!("{e:?}")).unwrap();
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
         assert_eq!(out, expected);
@@ -237,7 +239,7 @@ mod tests {
     fn gives_up_after_max_retries_without_progress() {
         let mut origin = flaky(100);
         origin.cut = 0;
-        let mut r = Resuming::open(origin, policy(2), Arc::default()).map_err(|e| format!("{e:?}")).unwrap();
+        let mut r = Resuming::open(origin, 0, policy(2), Arc::default()).map_err(|e| format!("{e:?}")).unwrap();
         let err = r.read_to_end(&mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("gave up after 3 attempts"), "{err}");
     }
@@ -245,7 +247,7 @@ mod tests {
     #[test]
     fn a_replaced_object_is_an_error() {
         let origin = flaky(1);
-        let mut r = Resuming::open(origin, policy(3), Arc::default()).map_err(|e| format!("{e:?}")).unwrap();
+        let mut r = Resuming::open(origin, 0, policy(3), Arc::default()).map_err(|e| format!("{e:?}")).unwrap();
         r.origin.etag = "\"b\"".into();
         let mut out = Vec::new();
         let err = r.read_to_end(&mut out).unwrap_err();

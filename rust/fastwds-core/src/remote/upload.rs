@@ -27,7 +27,11 @@ impl Upload {
     /// Buffers `data`, uploading full parts; waits while too many parts are in flight.
     pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
         let writer = self.writer.as_mut().ok_or_else(closed)?;
-        self.bucket.runtime().block_on(writer.wait_for_capacity(PARTS_IN_FLIGHT)).map_err(io::Error::other)?;
+        let runtime = self.bucket.runtime();
+        runtime.block_on(writer.wait_for_capacity(PARTS_IN_FLIGHT)).map_err(io::Error::other)?;
+        // A full part is spawned as an upload task, which needs the runtime's context; it runs while a later
+        // `write` or `finish` blocks on the runtime.
+        let _context = runtime.enter();
         writer.write(data);
         self.written += data.len() as u64;
         Ok(())
