@@ -219,3 +219,18 @@ def test_s3_writer_to_missing_bucket_raises(s3: MotoS3) -> None:
             sink.write(sample)
     with pytest.raises(botocore.exceptions.ClientError):
         s3.client().head_bucket(Bucket=missing)
+
+
+@pytest.mark.timeout(120)
+def test_s3_abandoned_writer_leaves_no_object_and_no_upload(s3: MotoS3, bucket: str) -> None:
+    """`abandon()` (and `gopen(url, "wb").abort()`) stops an upload: no object under the name, no pending
+    multipart upload, even after several parts went up."""
+    sink = wds.TarWriter(f"s3://{bucket}/abandoned.tar", mtime=MTIME)
+    for sample in samples(12, big=1_000_000):
+        sink.write(sample)
+    sink.abandon()
+    stream = wds.gopen(f"s3://{bucket}/raw.bin", "wb")
+    stream.write(b"x" * 100)
+    stream.abort()
+    assert stream.closed
+    assert s3.keys(bucket) == [] and pending_uploads(s3, bucket) == []

@@ -11,10 +11,10 @@ uses them directly.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
-import hashlib
 import subprocess
 import sys
 import time
@@ -129,7 +129,9 @@ def cache_path_for(url: str) -> str:
     digest = hashlib.sha1(url.encode()).hexdigest()[:12]
     parsed = urlparse(url)
     if parsed.scheme and parsed.netloc:
-        parts = [parsed.scheme, parsed.netloc] + [p for p in parsed.path.split("/") if p not in ("", ".", "..")]
+        parts = [parsed.scheme, parsed.netloc] + [
+            p for p in parsed.path.split("/") if p not in ("", ".", "..")
+        ]
         if len(parts) == 2:
             parts.append(digest)
         elif parsed.query or parsed.params:

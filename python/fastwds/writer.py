@@ -588,6 +588,16 @@ class TarWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        # As webdataset: an exception in the block still ends the archive of the samples written before it.
+        self.close()
+
+    def abandon(self) -> None:
+        """Stops without finishing the output: a local file's temporary is removed and an `s3://`/`gs://`
+        upload is aborted, so nothing appears under the name; a stream is left without the end-of-archive
+        marker (a pipe's command is not told the archive is complete)."""
+        if self.closed:
+            return
+        self._fail()
         self.close()
 
     def _prepare(self, obj: dict[str, Any]) -> tuple[list[tuple[bytes, Any]], int, Any]:
@@ -698,8 +708,10 @@ class TarWriter:
         pending = self._pending
         if self._failed:
             if self.own_fileobj and pending is None:
+                # An object upload is aborted rather than completed with part of a shard.
+                end = getattr(self.stream, "abort", None) or self.stream.close
                 try:
-                    self.stream.close()
+                    end()
                 except Exception:  # noqa: S110
                     pass  # the failed write raised already; closing its broken stream adds nothing
             return
@@ -816,6 +828,13 @@ class ShardWriter:
     def close(self) -> None:
         """Closes the last shard."""
         self.finish()
+
+    def abandon(self) -> None:
+        """Stops without finishing the current shard (see `TarWriter.abandon`); shards already finished
+        stay."""
+        if self.tarstream is not None:
+            tarstream, self.tarstream = self.tarstream, None
+            tarstream.abandon()
 
     def __enter__(self) -> ShardWriter:
         return self
