@@ -27,6 +27,7 @@ from fastwds import shardindex
 from fastwds.cli import main
 from fastwds.cli._util import parse_size
 from fastwds.cli.progress import Progress
+from remote_servers import MotoS3, unique_bucket
 
 PYTHONPATH = os.path.dirname(os.path.dirname(os.path.abspath(fastwds.__file__)))
 COMMANDS = ["create", "ls", "stats", "cat", "split", "index", "bench"]
@@ -505,6 +506,39 @@ def test_split_by_count(cli, tmp_path):
     keys = [s["__key__"] for s in ref_samples(paths)]
     assert [[s["__key__"] for s in ref_samples(n)] for n in names] == [keys[0:5], keys[5:10], keys[10:12]]
     assert leftovers(tmp_path / "out") == ["part-000.tar", "part-001.tar", "part-002.tar"]
+
+
+@pytest.mark.timeout(120)
+def test_split_and_cat_write_to_s3(tmp_path, monkeypatch):
+    """`-o s3://...` uploads each output (moto's server, signatures checked): split's shards and cat's
+    archive hold the samples a local run writes; a failed split leaves no object for its unfinished shard."""
+    paths = write_shards(tmp_path / "in", nshards=3, per_shard=4)
+    keys = [s["__key__"] for s in ref_samples(paths)]
+    with MotoS3() as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        bucket = unique_bucket("cli")
+        server.create_bucket(bucket)
+        result = run_subprocess(["split", *paths, "-o", f"s3://{bucket}/part-%03d.tar", "--maxcount", "5"])
+        assert result.returncode == 0, result.stderr
+        names = [f"s3://{bucket}/part-{i:03d}.tar" for i in range(3)]
+        assert result.stdout.decode().splitlines() == names
+        assert server.keys(bucket) == [f"part-{i:03d}.tar" for i in range(3)]
+        got = [[s["__key__"] for s in fastwds.WebDataset(n, shardshuffle=False)] for n in names]
+        assert got == [keys[0:5], keys[5:10], keys[10:12]]
+        result = run_subprocess(["cat", *paths, "-o", f"s3://{bucket}/all.tar"])
+        assert result.returncode == 0, result.stderr
+        assert [
+            s["__key__"] for s in fastwds.WebDataset(f"s3://{bucket}/all.tar", shardshuffle=False)
+        ] == keys
+        # A damaged input stops split: the shards finished before it are there, the one in progress is not.
+        damaged = tmp_path / "damaged.tar"
+        damaged.write_bytes(Path(paths[0]).read_bytes()[:3000])
+        result = run_subprocess(
+            ["split", paths[1], str(damaged), "-o", f"s3://{bucket}/cut-%03d.tar", "--maxcount", "3"]
+        )
+        assert result.returncode != 0
+        assert [k for k in server.keys(bucket) if k.startswith("cut-")] == ["cut-000.tar"]
 
 
 def tar_bytes_of(sample: dict) -> int:

@@ -115,12 +115,19 @@ class AtomicOutput:
     For a path, writes go to a hidden temporary file in the same directory, renamed over the path by
     `commit()`; `abort()` removes it, so a failed run never leaves a half-written file under the final name.
     For `-`, writes go straight to stdout (a stream cannot be taken back; a failed run exits non-zero and
-    never writes the tar end marker, so readers see a cut stream, not a short valid one).
+    never writes the tar end marker, so readers see a cut stream, not a short valid one). For an `s3://` or
+    `gs://` URL, writes go up as a multipart upload that `commit()` completes and `abort()` abandons.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.temp: str | None = None
+        self.upload: Any = None
+        if path.startswith(("s3://", "gs://")):
+            from .. import _core
+
+            self.upload = self.stream = _core.ObjectWriter(path)
+            return
         if path == "-":
             self.stream: BinaryIO = sys.stdout.buffer
             check_not_terminal(self.stream)
@@ -135,6 +142,9 @@ class AtomicOutput:
 
     def commit(self) -> None:
         """Flushes the output and gives it its final name."""
+        if self.upload is not None:
+            self.upload.close()
+            return
         if self.temp is None:
             self.stream.flush()
             return
@@ -147,7 +157,10 @@ class AtomicOutput:
         self.temp = None
 
     def abort(self) -> None:
-        """Removes the temporary file (a no-op for stdout or after commit)."""
+        """Removes the temporary file or abandons the upload (a no-op for stdout or after commit)."""
+        if self.upload is not None:
+            self.upload.abort()
+            return
         if self.temp is None:
             return
         try:
