@@ -153,6 +153,33 @@ def test_s3_storage_options_read_without_env(
     assert_same_samples(read_samples(urls, reader_options=options), read_samples(paths))
 
 
+def test_s3_profile_files_read_without_env(
+    moto_s3: MotoS3, dataset: Dataset, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With no key in the environment, the profile AWS_PROFILE names in the AWS CLI's files gives the key
+    (credentials file), the region and the endpoint (config file, `[profile NAME]`); another profile's wrong
+    key is not used."""
+    clear_aws_env(monkeypatch, tmp_path)
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        "[default]\naws_access_key_id = WRONG\naws_secret_access_key = wrong\n\n"
+        f"[dev]\naws_access_key_id = {moto_s3.access_key_id}\naws_secret_access_key = {moto_s3.secret_access_key}\n"
+    )
+    config = tmp_path / "config"
+    config.write_text(f"[profile dev]\nregion = {moto_s3.region}\nendpoint_url = {moto_s3.endpoint}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "dev")
+    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+    _, paths, urls = dataset
+    assert_same_samples(read_samples(urls[:2]), read_samples(paths[:2]))
+    monkeypatch.setenv("AWS_PROFILE", "default")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint)
+    with pytest.raises(ShardError) as info:
+        read_samples(urls[:1])
+    assert info.value.kind == "open"
+
+
 def test_s3_brace_pattern(aws_env: MotoS3, dataset: Dataset) -> None:
     """A brace pattern over s3:// names expands as for local paths."""
     bucket, paths, _ = dataset
