@@ -380,6 +380,18 @@ def test_hf_url_revision_selects_the_file(hub: RangeHTTPServer) -> None:
     assert hub_gets(hub, "v2") and not hub_gets(hub, "main")
 
 
+def test_hf_token_file_is_used_without_hf_token(
+    hub: RangeHTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without HF_TOKEN, the token `huggingface-cli login` saved ($HF_HOME/token) is sent."""
+    monkeypatch.delenv("HF_TOKEN")
+    (tmp_path / "hf-home").mkdir()
+    (tmp_path / "hf-home" / "token").write_text("from-file-456\n")
+    assert len(read_samples("hf://datasets/org/name/data/shard-000000.tar")) == 5
+    gets = hub_gets(hub, "main")
+    assert gets and all(h.get("Authorization") == "Bearer from-file-456" for h in gets)
+
+
 def test_hf_url_without_token_sends_no_authorization(
     hub: RangeHTTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
