@@ -66,9 +66,10 @@ class _ShardFeed:
     Each item (a `{"url": ...}` dict, maybe with "stream" and "local_path", or a URL string) becomes the URL
     itself; `{"url": url, "local_path": path}` when the item names a local copy (a cache) or `GOPEN_REWRITE`
     rewrites the URL; `{"url": url, "stream": stream}` only for a stream the item carries without a local
-    copy. Errors (a rewrite refused in secure mode) go to `handler` (true: skip the shard, false: end the
-    stream). Remembers how many shards it handed out, the
-    local path of each URL that has one (for `__local_path__`), and the streams handed to the core, which
+    copy. An item's "start" and "end" (a span of the shard: the samples whose first headers lie in [start,
+    end) of the uncompressed tar stream) go to the core with it. Errors (a rewrite refused in secure mode)
+    go to `handler` (true: skip the shard, false: end the stream). Remembers how many shards it handed
+    out, the local path of each URL that has one (for `__local_path__`), and the streams handed to the core, which
     this object owns and closes: `close_finished(url)` when the samples of `url` start arriving (the shards
     before it are done, since the core yields shard by shard), `close()` at the end.
     """
@@ -113,6 +114,12 @@ class _ShardFeed:
                 if handler(exn):
                     continue
                 return
+            if isinstance(item, dict) and ("start" in item or "end" in item):
+                # A span of the shard (see `fastwds.epochs`): the core reads it alone.
+                if not isinstance(shard, dict):
+                    shard = {"url": url}
+                shard["start"] = item.get("start")
+                shard["end"] = item.get("end")
             if stream is not None:
                 self.opened.append((url, stream))
             if self.track_local:
