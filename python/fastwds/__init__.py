@@ -4,7 +4,7 @@
 and defaults). Importing it does not import torch.
 """
 
-from . import tenbin, utils
+from . import epochs, tenbin, utils
 from ._core import ImageOptions, ShardReader, tar_samples
 from ._core import __version__ as __version__
 from .autodecode import (
@@ -21,6 +21,7 @@ from .autodecode import (
 )
 from .cache import LRUCleanup, pipe_cleaner
 from .compat import FluidInterface, FluidWrapper, WebDataset, WebLoader
+from .epochs import MissingIndexError
 from .errors import DuplicateFieldError, ImageDecodeError, InsecureURLError, ShardError
 from .extradatasets import MockDataset, with_epoch, with_length
 from .filters import (
@@ -86,6 +87,7 @@ __all__ = [
     "FluidWrapper",
     "LMDBCached",
     "LRUCleanup",
+    "MissingIndexError",
     "MockDataset",
     "MultiShardSample",
     "NoShardsWarning",
@@ -108,6 +110,7 @@ __all__ = [
     "batched",
     "decode",
     "detshuffle",
+    "epochs",
     "extract_keys",
     "getfirst",
     "gopen",

@@ -11,10 +11,10 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
-from . import autodecode, cache, filters, images, shardlists, utils
+from . import autodecode, cache, epochs, filters, images, shardindex, shardlists, utils
 from .filters import reraise_exception
 from .pipeline import DataPipeline
-from .reader import ShardSamples
+from .reader import ShardSamples, _is_reraise
 
 __all__ = ["FluidInterface", "check_empty", "WebDataset", "FluidWrapper", "WebLoader"]
 
@@ -232,6 +232,23 @@ class WebDataset(DataPipeline, FluidInterface):
     `buffer_samples`, `ordered=False` to yield samples of the shards in flight as they are ready instead
     of shard by shard, `max_member_bytes` (larger members are errors, default 2 GiB) and `read_timeout`
     (seconds a network read may wait for data, default 60).
+
+    `balanced` (fastwds only): `"pad"` or `"drop"` for exact epochs in which every rank yields the same
+    number of samples and every DataLoader worker the same number as its peers on the other ranks, read from
+    contiguous ranges of the epoch's sample sequence (see `fastwds.epochs`; every shard needs an index:
+    `fastwds index URLS`). The shards are ordered as given, or with `shardshuffle` shuffled as a whole per
+    epoch from `seed` (0 when neither `seed` nor `WDS_SEED` is set, so that every rank has the same order);
+    `nodesplitter`, `workersplitter` and `detshuffle` are not used. `"drop"` leaves out the last N %
+    world_size samples of the epoch; `"pad"` reads samples from the start of the epoch again to fill the
+    last ranks, with `__pad__` True on them (False on every other sample). Samples are read in order.
+
+    `len(dataset)` is this rank's number of samples per epoch, counted from the shards' indexes (after
+    `split_by_node`; for `balanced`, the length of a rank's range). It raises TypeError (as `len()` of an
+    unsized object) when an index is missing or stale, or when the pipeline makes the count unknown:
+    resampled or multi-dataset shard lists, `select_files`/`rename_files`, `repeat`/`with_epoch`, a custom
+    node or worker splitter, or stages added after that may change the count (anything but `decode`,
+    `decode_images`, `to_tuple`, `map_tuple`, `map_dict`, `rename`, `rename_keys`, `extract_keys`,
+    `xdecode`, `shuffle` and `log_keys` with the default handler). `with_length(n)` takes precedence.
     """
 
     def __init__(
@@ -255,10 +272,14 @@ class WebDataset(DataPipeline, FluidInterface):
         seed: Any = None,
         *,
         reader_options: dict[str, Any] | None = None,
+        balanced: str | None = None,
     ) -> None:
         super().__init__()
         if resampled:
             mode = "resampled"
+        if balanced is not None:
+            self._check_balanced(balanced, mode, select_files, rename_files, reader_options)
+            reader_options = {**(reader_options or {}), "ordered": True}
         if mode == "resampled" and shardshuffle not in (False, None):
             warnings.warn("WebDataset(shardshuffle=...) is ignored for resampled datasets", stacklevel=2)
         elif shardshuffle is None:
@@ -275,6 +296,15 @@ class WebDataset(DataPipeline, FluidInterface):
         seeded = seed is not None or "WDS_SEED" in os.environ
         self.seed = os.environ.get("WDS_SEED", random.randint(0, 1000000)) if seed is None else seed
         self.update_cache_info(args)
+        self._nodesplitter = nodesplitter
+        self._lengths: dict[tuple[str, ...], int | str] = {}  # URLs -> sample count, or why it is unknown
+        self._workersplitter = workersplitter
+        self._plain = args.mode != "resampled" and select_files is None and rename_files is None
+
+        if balanced is not None:
+            self._init_balanced(args, balanced, seeded)
+            self._init_stages = tuple(self.pipeline)
+            return
 
         # A stream of {"url": ...}.
         self.create_url_iterator(args)
@@ -305,6 +335,131 @@ class WebDataset(DataPipeline, FluidInterface):
                 cache=core_cache,
             )
         )
+        self._init_stages = tuple(self.pipeline)
+
+    @staticmethod
+    def _check_balanced(
+        balanced: str,
+        mode: str | None,
+        select_files: Any,
+        rename_files: Any,
+        reader_options: dict[str, Any] | None,
+    ) -> None:
+        """Raise ValueError for options that balanced epochs cannot have."""
+        if balanced not in epochs.BALANCED_MODES:
+            raise ValueError(
+                f"balanced={balanced!r}: use one of {', '.join(map(repr, epochs.BALANCED_MODES))} or None"
+            )
+        if mode == "resampled":
+            raise ValueError("balanced epochs read every shard once per epoch: they cannot be resampled")
+        if select_files is not None or rename_files is not None:
+            raise ValueError(
+                "balanced epochs count samples from the shard indexes: select_files and rename_files would "
+                "change the counts"
+            )
+        if (reader_options or {}).get("ordered", True) is False:
+            raise ValueError(
+                "balanced epochs read their shards in order: reader_options ordered=False is refused"
+            )
+
+    def _init_balanced(self, args: SimpleNamespace, balanced: str, seeded: bool) -> None:
+        """The pipeline of a balanced dataset: `epochs.BalancedShards` and `epochs.BalancedSamples`."""
+        urls = args.urls
+        if isinstance(urls, os.PathLike):
+            urls = os.fspath(urls)
+        if isinstance(urls, dict) or (isinstance(urls, str) and urls.endswith((".yaml", ".yml", ".json"))):
+            raise ValueError("balanced epochs need a list of shards, not a multi-dataset spec")
+        if isinstance(urls, str):
+            if shardlists.needs_listing(urls):
+                storage_options = (args.reader_options or {}).get("storage_options")
+                urls = shardlists.expand_urls(urls, storage_options=storage_options)
+            elif urlparse(urls).path.endswith("/"):
+                urls = shardlists.directory_shards(urls)
+            else:
+                urls = shardlists.expand_urls(urls)
+        if not seeded:
+            self.seed = 0  # every rank must draw the same shard order
+        if args.cache_dir is not None and args.cache_size != 0:
+            warnings.warn(
+                "balanced epochs read spans of shards, which the shard cache does not hold: cache_dir is not used",
+                stacklevel=3,
+            )
+        shards = epochs.BalancedShards(urls, balanced, shuffle=bool(args.shardshuffle), seed=self.seed)
+        shards.counts()  # every shard needs an index: say so now, not in a DataLoader worker
+        self.append(shards)
+        self.append(
+            epochs.BalancedSamples(
+                handler=args.handler,
+                empty_check=args.empty_check,
+                reader_options=args.reader_options,
+            )
+        )
+
+    def __bool__(self) -> bool:
+        # A dataset is true whether or not its length is known (len() may raise TypeError).
+        return True
+
+    def __len__(self) -> int:
+        """This rank's number of samples per epoch, counted from the shard indexes.
+
+        Raises TypeError when an index is missing or stale, or when the pipeline makes the count unknown (see
+        the class's description)."""
+        stages = self.__dict__.get("_init_stages", ())
+        pipeline = self.__dict__.get("pipeline", [])
+        n = len(stages)
+        known = (
+            n > 0
+            and self._plain
+            and self.repetitions == 1
+            and self.nsamples <= 0
+            and len(pipeline) >= n
+            and all(a is b for a, b in zip(pipeline[: n - 1], stages[:-1]))
+            and isinstance(pipeline[n - 1], ShardSamples)
+            and all(map(_keeps_count, pipeline[n:]))
+        )
+        source = stages[0] if stages else None
+        if not known or not isinstance(source, (shardlists.SimpleShardList, epochs.BalancedShards)):
+            raise TypeError(
+                f"the length of this {type(self).__name__} is unknown: its pipeline can change the number of "
+                "samples (set one with .with_length(n))"
+            )
+        try:
+            if isinstance(source, epochs.BalancedShards):
+                return source.rank_length()
+            urls = source.urls
+            if self._nodesplitter is shardlists.split_by_node:
+                rank, world_size, _, _ = utils.pytorch_worker_info()
+                urls = urls[rank::world_size]
+            elif self._nodesplitter not in (None, shardlists.single_node_only):
+                raise TypeError(
+                    f"the length of this {type(self).__name__} is unknown: its nodesplitter is not "
+                    "split_by_node (set one with .with_length(n))"
+                )
+            if self._workersplitter not in (None, shardlists.split_by_worker):
+                raise TypeError(
+                    f"the length of this {type(self).__name__} is unknown: its workersplitter is not "
+                    "split_by_worker (set one with .with_length(n))"
+                )
+            for url in urls:
+                if not _has_index_place(url):
+                    raise TypeError(
+                        f"the length of this {type(self).__name__} is unknown: {url} is not a local or "
+                        "s3/gs/http(s)/hf shard, whose index fastwds reads (set one with .with_length(n))"
+                    )
+            # Computed once per dataset (and its fluent copies): list(dataset) asks for it too.
+            key = tuple(urls)
+            found = self._lengths.get(key)
+            if found is None:
+                try:
+                    found = sum(epochs.sample_counts(urls))
+                except (ValueError, OSError) as exn:
+                    found = f"the length of this {type(self).__name__} is unknown: {exn}"
+                self._lengths[key] = found
+            if isinstance(found, str):
+                raise TypeError(found)
+            return found
+        except (ValueError, OSError) as exn:
+            raise TypeError(f"the length of this {type(self).__name__} is unknown: {exn}") from exn
 
     def update_cache_info(self, args: SimpleNamespace) -> None:
         """Apply `WDS_CACHE_SIZE` and `WDS_CACHE` from the environment. Raises ValueError when the cache
@@ -354,6 +509,7 @@ class WebDataset(DataPipeline, FluidInterface):
         for stage in self.pipeline:
             epoch_stages = (
                 ShardSamples,
+                epochs.BalancedShards,
                 images.DecodeImages,
                 shardlists.ShardShuffle,
                 shardlists.ResampledShards,
@@ -369,6 +525,45 @@ class WebDataset(DataPipeline, FluidInterface):
 
     def __exit__(self, *args: Any) -> None:
         self.close()
+
+
+# The one-sample-in, one-sample-out stages (or errors) with which len() still knows the count.
+_COUNTING_FILTERS = (
+    filters._shuffle,
+    filters._log_keys,
+    filters._to_tuple,
+    filters._map_tuple,
+    filters._map_dict,
+    filters._rename,
+    filters._rename_keys,
+    filters._extract_keys,
+    filters._xdecode,
+    filters._decode,
+)
+
+
+def _has_index_place(url: str) -> bool:
+    """Whether len() looks for a shard's index: a local shard (after `GOPEN_REWRITE`) or one the core reads
+    natively (s3, gs, http(s), hf); other schemes (`pipe:`, user openers) are not opened just to count."""
+    if shardindex._local_path(url) is not None:
+        return True
+    return urlparse(url).scheme in ("s3", "gs", "http", "https", "hf")
+
+
+def _keeps_count(stage: Any) -> bool:
+    """Whether a stage yields exactly one sample per sample it gets (or raises): the fluent stages that
+    transform or reorder samples, with the default error handler."""
+    if isinstance(stage, filters.FilterFunction):
+        if not _is_reraise(stage.kw.get("handler")):
+            return False
+        if stage.f is filters._map:
+            # .decode(): a Decoder always returns a sample; another function may return None (dropped).
+            function = stage.args[0] if stage.args else stage.kw.get("f")
+            return isinstance(function, autodecode.Decoder)
+        return stage.f in _COUNTING_FILTERS
+    if isinstance(stage, (images.FinishImages, images.DecodeImages)):
+        return _is_reraise(stage.handler)
+    return isinstance(stage, filters.detshuffle)
 
 
 class FluidWrapper(DataPipeline, FluidInterface):
