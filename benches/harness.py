@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import datasets  # noqa: E402  (benches/ is not a package; the script's own directory comes first)
 import measure  # noqa: E402
 import memory  # noqa: E402
+import remote  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CACHE = HERE / ".cache"
@@ -43,6 +44,7 @@ REPORTED_VERSIONS = (
     "nvidia-dali-cuda120",
     "Pillow",
     "numpy",
+    "moto",
 )
 
 READERS = {
@@ -54,7 +56,28 @@ READERS = {
     "fastwds-core-t1": "fastwds.ShardReader threads=1",
     "fastwds-core-t2": "fastwds.ShardReader threads=2",
     "dali": "DALI CPU pipeline",
+    # The object-storage rows (benches/remote.py): the shards as objects of a moto S3 server on 127.0.0.1.
+    "curl": "curl -s -o /dev/null, 4 at a time (S3 server's ceiling)",
+    "webdataset-curl": "webdataset, pipe:curl -s PRESIGNED_URL",
+    "fastwds-s3": "fastwds.WebDataset s3://",
+    "fastwds-s3-p16": "fastwds.WebDataset s3://, prefetch=16",
+    "fastwds-http": "fastwds.WebDataset presigned http://",
 }
+# Readers of the objects of the loopback S3 server, and what reads them: `s3://` URLs or presigned ones.
+REMOTE_READERS = {
+    "curl": "presigned",
+    "webdataset-curl": "presigned",
+    "fastwds-s3": "s3",
+    "fastwds-s3-p16": "s3",
+    "fastwds-http": "presigned",
+}
+# ShardReader options of the fastwds rows that set any (WebDataset's `reader_options`).
+READER_OPTIONS = {"fastwds-s3-p16": {"prefetch": 16}}
+# The reference each row's ratio is over, by where the row reads its shards from.
+REFERENCE = {"local": "webdataset", "s3": "webdataset-curl"}
+# --quick runs these object-storage rows only (the server's start and the uploads cost more than the reads
+# at quick sizes), unless --only names the store or a reader of it: then every selected one runs.
+QUICK_REMOTE = {("imagenet", "raw", r) for r in ("curl", "webdataset-curl", "fastwds-s3")}
 WORKLOADS = {
     "raw": "raw",
     "shuffle": "shuffle(1000).to_tuple",
@@ -102,6 +125,11 @@ class Row:
         """A stable name for the row, used in the JSON results."""
         return f"{self.dataset}/{self.format}/{self.workload}/{self.reader}"
 
+    @property
+    def store(self) -> str:
+        """Where the row reads the shards from: "local" files or "s3" (the loopback S3 server's objects)."""
+        return "s3" if self.reader in REMOTE_READERS else "local"
+
 
 def optional_requirement(row: Row) -> str | None:
     """The optional library `row` needs (installed by `scripts/dev.sh bench` from requirements-bench.txt, not
@@ -127,6 +155,18 @@ def plan_rows() -> list[Row]:
             if fmt == "tar" and name == "imagenet":
                 rows += _image_rows(name, fmt)
                 rows += [Row(name, fmt, "write", r) for r in ("webdataset", "fastwds-wds")]
+    return rows + _remote_rows()
+
+
+def _remote_rows() -> list[Row]:
+    """The object-storage rows, last: the ImageNet-like and tiny `.tar` shards read from the loopback S3
+    server by the server's own ceiling (parallel curl), the reference (pipe:curl), and fastwds (`s3://`,
+    with 16 shards in flight, and presigned http); plus the decode through `s3://` and through pipe:curl."""
+    rows = []
+    for name in ("imagenet", "tiny"):
+        rows += [Row(name, "tar", "raw", r) for r in REMOTE_READERS]
+        if name == "imagenet":
+            rows += [Row(name, "tar", "decode", r) for r in ("webdataset-curl", "fastwds-s3")]
     return rows
 
 
@@ -156,14 +196,24 @@ def _vocabulary() -> dict[str, dict[str, str]]:
 
     A value also selects its variants: `fastwds` every fastwds reader, `fastwds-core` the ShardReader rows
     at any thread count, `decode` and `rrc` their DataLoader settings."""
-    readers = {k: k for k in READERS} | {v.split()[0].lower(): k for k, v in READERS.items()}
+    readers = {k: k for k in READERS}
+    for key, label in READERS.items():  # a label's first word names the first reader with that label
+        readers.setdefault(label.split()[0].rstrip(",").lower(), key)
     readers |= {"fastwds": "fastwds", "shardreader": "fastwds-core", "fastwds.shardreader": "fastwds-core"}
     return {
         "dataset": {k: k for k in datasets.SPECS},
         "format": {k: k for k in datasets.FORMATS},
         "workload": {k: k for k in WORKLOADS},
         "reader": readers,
+        "store": {"s3": "s3", "remote": "s3", "local": "local"},
     }
+
+
+def names_remote(only: str | None) -> bool:
+    """Whether `only` names the object store or one of its readers (so --quick keeps all its rows)."""
+    names = {n.strip().lower() for n in (only or "").split(",")}
+    vocab = _vocabulary()
+    return bool(names & {"s3", "remote"}) or any(vocab["reader"].get(n) in REMOTE_READERS for n in names)
 
 
 def select_rows(rows: list[Row], only: str | None) -> list[Row]:
@@ -229,10 +279,42 @@ def _size(mb: float) -> str:
     return f"{mb * 1024:.3g} KB" if mb * 1024 >= 1 else f"{mb * 2**20:.0f} B"
 
 
+def _rss_target(result: dict[str, Any], options: dict[str, Any]) -> Target:
+    """Peak RSS growth within `memory.rss_bound_mb` for a reader with these ShardReader options."""
+    delta = result["peak_rss_mb"] - result["rss_after_imports_mb"]
+    sample_mb = result.get("sample_mb", 0.0)
+    threads, queues = memory.reader_shape(options)
+    kept = not memory.one_arena()
+    bound = memory.rss_bound_mb(RING_BUFFER_MB, sample_mb, threads, queues, kept)
+    live = f"{RING_BUFFER_MB}+{queues + threads + 2}x{_size(sample_mb)}"
+    formula = f"{threads}x({live})" if kept and threads > 1 else live
+    return Target(
+        f"peak RSS - imports <= {formula}+{memory.RSS_OVERHEAD_MB} = {bound:,.0f} MB", delta <= bound
+    )
+
+
+def _remote_targets(row: Row, result: dict[str, Any], results: dict[Row, dict[str, Any]]) -> list[Target]:
+    """Issue 15's targets for the object-storage rows: raw `s3://` >= 3x the reference's pipe:curl and >= 80%
+    of the server's ceiling (parallel curl); the peak RSS bound for the `s3://` rows, 16 shards in flight
+    among them."""
+    targets = []
+    if row.workload != "raw":
+        return targets
+    if row.reader == "fastwds-s3":
+        targets.append(_ratio_target(result.get("ratio"), 3.0, ">= 3x webdataset pipe:curl"))
+        ceiling = results.get(Row(row.dataset, row.format, "raw", "curl"))
+        targets.append(_ratio_target(_share_of(result, ceiling), 0.80, ">= 80% of the curl ceiling"))
+    if row.reader in ("fastwds-s3", "fastwds-s3-p16"):
+        targets.append(_rss_target(result, READER_OPTIONS.get(row.reader, {})))
+    return targets
+
+
 def targets_for(row: Row, result: dict[str, Any], results: dict[Row, dict[str, Any]]) -> list[Target]:
     """The issue's targets that apply to `row`, evaluated on this run's `results`."""
     if not row.reader.startswith("fastwds") or result.get("status") != "ok":
         return []
+    if row.store == "s3":
+        return _remote_targets(row, result, results)
     ratio = result.get("ratio")
     targets = []
     dali = results.get(Row(row.dataset, row.format, row.workload, "dali"))
@@ -258,19 +340,7 @@ def targets_for(row: Row, result: dict[str, Any], results: dict[Row, dict[str, A
             share = result["samples_s"] / core["samples_s"] if core.get("status") == "ok" else None
             targets.append(_ratio_target(share, 0.90, "pipeline overhead < 10% of ShardReader"))
         if row.reader == "fastwds-core":
-            delta = result["peak_rss_mb"] - result["rss_after_imports_mb"]
-            sample_mb = result.get("sample_mb", 0.0)
-            threads, queues = memory.reader_shape({})
-            kept = not memory.one_arena()
-            bound = memory.rss_bound_mb(RING_BUFFER_MB, sample_mb, threads, queues, kept)
-            live = f"{RING_BUFFER_MB}+{queues + threads + 2}x{_size(sample_mb)}"
-            formula = f"{threads}x({live})" if kept and threads > 1 else live
-            targets.append(
-                Target(
-                    f"peak RSS - imports <= {formula}+{memory.RSS_OVERHEAD_MB} = {bound:,.0f} MB",
-                    delta <= bound,
-                )
-            )
+            targets.append(_rss_target(result, {}))
     elif row.workload == "write":
         targets.append(_ratio_target(ratio, 2.0, ">= 2x webdataset"))
     elif row.workload == "shuffle" and row.dataset == "tiny":
@@ -290,7 +360,8 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 
 def add_rates(results: dict[Row, dict[str, Any]]) -> None:
-    """Adds samples/s, MB/s, µs/sample and the ratio to webdataset (same dataset, format, workload)."""
+    """Adds samples/s, MB/s, µs/sample and the ratio to webdataset (same dataset, format, workload; for the
+    object-storage rows, to webdataset reading the same objects through pipe:curl)."""
     for result in results.values():
         if result.get("status") == "ok" and result["seconds"] > 0:
             result["samples_s"] = result["samples"] / result["seconds"]
@@ -298,13 +369,13 @@ def add_rates(results: dict[Row, dict[str, Any]]) -> None:
             result["us_per_sample"] = (
                 1e6 * result["seconds"] / result["samples"] if result["samples"] else None
             )
-    best: dict[tuple[str, str, str], float] = {}
+    best: dict[tuple[str, str, str, str], float] = {}
     for row, result in results.items():
-        if row.reader == "webdataset" and result.get("status") == "ok" and result.get("samples_s"):
-            group = (row.dataset, row.format, GROUPS.get(row.workload, row.workload))
+        if row.reader == REFERENCE[row.store] and result.get("status") == "ok" and result.get("samples_s"):
+            group = (row.store, row.dataset, row.format, GROUPS.get(row.workload, row.workload))
             best[group] = max(best.get(group, 0.0), result["samples_s"])
     for row, result in results.items():
-        base = best.get((row.dataset, row.format, GROUPS.get(row.workload, row.workload)))
+        base = best.get((row.store, row.dataset, row.format, GROUPS.get(row.workload, row.workload)))
         if result.get("status") == "ok" and base:
             result["ratio"] = result["samples_s"] / base
 
@@ -478,6 +549,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _start_store(
+    rows: list[Row], made: dict[str, Any], configs: dict[Row, dict[str, Any]], log: Any
+) -> tuple[remote.S3Bench | None, dict[Row, Any]]:
+    """Starts the loopback S3 server when object-storage rows were selected, uploads their shards and points
+    their configurations at the objects. Returns the server (None without such rows) and, per such row, the
+    environment of its process, or why it cannot run (a string: the row is then n/a)."""
+    wanted = [row for row in rows if row.store == "s3"]
+    if not wanted:
+        return None, {}
+    reason = remote.unavailable()
+    if reason:
+        return None, dict.fromkeys(wanted, reason)
+    server = remote.S3Bench.start(log)
+    try:
+        objects: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+        for row in wanted:
+            key = (row.dataset, row.format)
+            if key not in objects:
+                log(f"uploading {row.dataset} .{row.format} to {server.endpoint} ...")
+                paths = made[row.dataset].paths[row.format]
+                urls = server.upload(f"{row.dataset}-{row.format}", paths)
+                objects[key] = (urls, server.presigned(urls))
+            urls, presigned = objects[key]
+            configs[row]["paths"] = urls if REMOTE_READERS[row.reader] == "s3" else presigned
+            configs[row]["remote"] = True
+            configs[row]["reader_options"] = READER_OPTIONS.get(row.reader, {})
+    except BaseException:
+        server.stop()
+        raise
+    env = dict(os.environ) | server.env
+    return server, dict.fromkeys(wanted, env)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark and prints the table."""
     args = parse_args(argv)
@@ -489,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
         if name.strip():
             skipped = set(select_rows(rows, name))
             rows = [row for row in rows if row not in skipped]
+    if args.quick and not names_remote(args.only):
+        rows = [r for r in rows if r.store == "local" or (r.dataset, r.workload, r.reader) in QUICK_REMOTE]
     if not rows:
         raise SystemExit("--only selected no rows")
 
@@ -516,19 +622,27 @@ def main(argv: list[str] | None = None) -> int:
         }
     rounds = max(1, args.rounds)
     runs: dict[Row, list[dict[str, Any]]] = {row: [] for row in rows}
-    # Rows of one round run back to back, so that rows compared with each other (fastwds and DALI, say) see
-    # the same state of a shared machine in every round.
-    for round_number in range(1, rounds + 1):
-        for number, row in enumerate(rows, 1):
-            where = f"round {round_number}/{rounds}, " if rounds > 1 else ""
-            log(f"[{where}{number}/{len(rows)}] {row.ident} ...")
-            # Generous: a pass stops at the shard boundary after `budget`, which may be one long shard later.
-            result = measure.run_config(configs[row], timeout=3 * budget + 300)
-            runs[row].append(result)
-            if result.get("status") == "ok":
-                log(f"    {result['samples']:,} samples in {result['seconds']:.2f} s")
-            else:
-                log(f"    {result.get('status')}: {result.get('error')}")
+    server, envs = _start_store(rows, made, configs, log)
+    try:
+        # Rows of one round run back to back, so that rows compared with each other (fastwds and DALI, say)
+        # see the same state of a shared machine in every round.
+        for round_number in range(1, rounds + 1):
+            for number, row in enumerate(rows, 1):
+                where = f"round {round_number}/{rounds}, " if rounds > 1 else ""
+                log(f"[{where}{number}/{len(rows)}] {row.ident} ...")
+                if isinstance(envs.get(row), str):  # the store could not start: the row is n/a
+                    result = {"status": "n/a", "error": f"not available: {envs[row]}"}
+                else:
+                    # Generous: a pass stops at the shard boundary after `budget`, maybe one long shard later.
+                    result = measure.run_config(configs[row], timeout=3 * budget + 300, env=envs.get(row))
+                runs[row].append(result)
+                if result.get("status") == "ok":
+                    log(f"    {result['samples']:,} samples in {result['seconds']:.2f} s")
+                else:
+                    log(f"    {result.get('status')}: {result.get('error')}")
+    finally:
+        if server is not None:
+            server.stop()
     results = {row: median_run(row_runs) for row, row_runs in runs.items()}
     add_rates(results)
     for row, result in results.items():
@@ -566,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
             "datasets": {name: datasets.describe(d) for name, d in made.items()},
             "rows": [
                 {"dataset": r.dataset, "format": r.format, "workload": r.workload, "reader": r.reader}
+                | {"store": r.store}
                 | {"optional": optional_requirement(r)}
                 | {k: v for k, v in res.items() if k != "targets"}
                 | {"targets": [{"text": t.text, "met": t.met} for t in res.get("targets", [])]}

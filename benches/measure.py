@@ -6,9 +6,13 @@ what its reader needs, iterates, and prints one `RESULT {...}` line. `run_config
 A configuration is a dict with:
   reader    "cat" | "gzip" | "webdataset" | "fastwds-wds" (fastwds.WebDataset) | "fastwds-core" (ShardReader)
             | "fastwds-core-t1" / "fastwds-core-t2" (ShardReader with 1 or 2 threads) | "dali" (NVIDIA DALI)
+            | object-storage readers, whose `paths` are URLs: "curl" (parallel `curl -s -o /dev/null`, 4 at
+            a time), "webdataset-curl" (webdataset on `pipe:curl -s URL`), "fastwds-s3" / "fastwds-s3-p16" /
+            "fastwds-http" (fastwds.WebDataset on the URLs as given, with `reader_options`)
   workload  "raw" (dicts of bytes) | "shuffle" | "decode" | "loader0" | "loader2" | "decode-nw1" |
             "decode-nw2" | "rrc" | "rrc-nw0" | "rrc-nw1" | "rrc-nw2" (see benches/README.md)
   paths, sizes, samples_per_shard, fields (for to_tuple), budget (s), min_time (s)
+  remote    true when `paths` are URLs (no page cache to warm); reader_options (optional, fastwds.WebDataset)
 
 Reads stop only at a shard boundary: once `budget` seconds have passed, at the next multiple of
 `samples_per_shard`, so both libraries always read whole shards (batched rows, whose batches do not line
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -32,6 +37,8 @@ CROP = 224
 BATCH = 64
 # ShardReader rows that give the native decoder's images/s per core: reader name -> threads.
 CORE_THREADS = {"fastwds-core-t1": 1, "fastwds-core-t2": 2}
+# The object-storage ceiling: objects fetched at once by parallel curls (about the reader's prefetch depth).
+CURL_PARALLEL = 4
 
 
 class NotAvailable(Exception):
@@ -123,7 +130,7 @@ def is_batched(workload: str) -> bool:
 
 
 def _library(reader: str) -> Any:
-    if reader == "webdataset":
+    if reader.startswith("webdataset"):
         import webdataset
 
         return webdataset
@@ -148,6 +155,10 @@ def _shard_reader_class(fastwds: Any) -> Any:
 def build_factory(config: dict[str, Any]) -> Callable[[], Iterable[Any]]:
     """Imports the reader and returns a function making one fresh pass over the configuration's shards."""
     reader, workload, urls = config["reader"], config["workload"], list(config["paths"])
+    if reader == "webdataset-curl":
+        # As the reference's users read a bucket: a presigned URL each, through curl (the URL is quoted: its
+        # query has `&`s, and pipe: runs a shell).
+        urls = [f"pipe:curl -s {shlex.quote(url)}" for url in urls]
     if reader == "dali":
         return _dali_factory(workload, urls, config["samples_per_shard"] * len(urls))
     lib = _library(reader)
@@ -168,7 +179,11 @@ def build_factory(config: dict[str, Any]) -> Callable[[], Iterable[Any]]:
         return lambda: shard_reader(urls, threads=threads, images=images)
     _require(lib, "WebDataset")
 
+    options = config.get("reader_options") or {}
+
     def dataset() -> Any:
+        if options:
+            return lib.WebDataset(urls, shardshuffle=False, reader_options=options)
         return lib.WebDataset(urls, shardshuffle=False)
 
     if workload == "raw":
@@ -388,21 +403,34 @@ def _run_command(command: str, paths: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def _fetch_all(urls: list[str]) -> float:
+    """Seconds to fetch every URL to /dev/null with CURL_PARALLEL curls at a time (xargs -P)."""
+    start = time.perf_counter()
+    subprocess.run(
+        ["xargs", "-d", "\n", "-n", "1", "-P", str(CURL_PARALLEL), "curl", "-s", "-f", "-o", "/dev/null"],
+        input="\n".join(urls),
+        text=True,
+        check=True,
+    )
+    return time.perf_counter() - start
+
+
 def measure(config: dict[str, Any]) -> dict[str, Any]:
     """Runs one configuration in this process and returns what it measured."""
     rss_start = _current_rss_mb()
     paths, sizes, per_shard = config["paths"], config["sizes"], config["samples_per_shard"]
     total_samples = per_shard * len(paths)
     budget, min_time = float(config["budget"]), float(config["min_time"])
-    _warm_page_cache(paths)
+    if not config.get("remote"):
+        _warm_page_cache(paths)
     result: dict[str, Any] = {"rss_start_mb": rss_start}
 
-    if config["reader"] in ("cat", "gzip"):
-        command = "cat" if config["reader"] == "cat" else "gzip -dc"
+    if config["reader"] in ("cat", "gzip", "curl"):
+        command = {"cat": "cat", "gzip": "gzip -dc"}.get(config["reader"])
         samples = seconds = 0.0
         passes = 0
         while passes == 0 or seconds < min_time:
-            seconds += _run_command(command, paths)
+            seconds += _run_command(command, paths) if command else _fetch_all(paths)
             samples += total_samples
             passes += 1
         result.update(
@@ -413,7 +441,7 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
             passes=passes,
             complete=True,
             rss_after_imports_mb=None,
-            peak_rss_mb=None,  # the memory of cat or gzip is not what this row is about
+            peak_rss_mb=None,  # the memory of cat, gzip or curl is not what this row is about
         )
         return result
 

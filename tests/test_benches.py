@@ -138,6 +138,13 @@ def test_quick_harness_prints_every_row_and_fastwds_counts_match_webdataset(tmp_
     expected.add(("imagenet", "tar", "decode + random-resized-crop 224 + flip, bs=64", "fastwds.WebDataset"))
     for reader in ("webdataset", "fastwds.WebDataset"):
         expected.add(("imagenet", "tar", "TarWriter(encoder=False) writes the samples", reader))
+    # --quick keeps three object-storage rows (the loopback S3 server's ceiling, the reference, s3://).
+    for reader in (
+        "curl -s -o /dev/null, 4 at a time (S3 server's ceiling)",
+        "webdataset, pipe:curl -s PRESIGNED_URL",
+        "fastwds.WebDataset s3://",
+    ):
+        expected.add(("imagenet", "tar", "raw", reader))
     assert listed == expected
     assert len(cells) - 1 == len(expected)
     assert any(
@@ -167,10 +174,12 @@ def test_quick_harness_prints_every_row_and_fastwds_counts_match_webdataset(tmp_
     compared = 0
     for (name, fmt, workload, reader), row in rows.items():
         if reader.startswith("fastwds") and row["status"] == "ok":
+            # Rows reading the S3 server's objects compare with the reference reading them through curl.
+            reference = "webdataset-curl" if row["store"] == "s3" else "webdataset"
             references = [
                 r
                 for (n, f, w, rd), r in rows.items()
-                if (n, f, rd) == (name, fmt, "webdataset")
+                if (n, f, rd) == (name, fmt, reference)
                 and group(w) == group(workload)
                 and r["status"] == "ok"
             ]
@@ -192,7 +201,18 @@ def test_quick_harness_prints_every_row_and_fastwds_counts_match_webdataset(tmp_
             best = max(r["samples_s"] for r in references)
             assert row["ratio"] == pytest.approx(row["samples_s"] / best)
             compared += 1
-    assert compared >= 4
+    assert compared >= 5
+
+    s3 = rows[("imagenet", "tar", "raw", "fastwds-s3")]
+    assert s3["store"] == "s3" and rows[("imagenet", "tar", "raw", "webdataset")]["store"] == "local"
+    ceiling = rows[("imagenet", "tar", "raw", "curl")]
+    assert ceiling["samples_per_pass"] == totals["imagenet"]
+    texts = [(t["text"], t["met"]) for t in s3["targets"]]
+    assert texts[:2] == [
+        (">= 3x webdataset pipe:curl", s3["ratio"] >= 3.0),
+        (">= 80% of the curl ceiling", s3["samples_s"] >= 0.8 * ceiling["samples_s"]),
+    ]
+    assert texts[2][0].startswith("peak RSS - imports <= ") and texts[2][1] is True
 
     augment = rows[("imagenet", "tar", "rrc", "fastwds-wds")]
     if augment["status"] == "ok":
@@ -227,6 +247,21 @@ def test_rounds_report_each_rows_median_run_and_the_spread(tmp_path: Path) -> No
         cell = f"{row['samples_s']:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
         assert cell in table["cat > /dev/null" if reader == "cat" else "fastwds.ShardReader"]
     assert "3 rounds, each row's median round shown" in proc.stdout
+
+
+def test_object_storage_rows_are_selected_by_store_and_quick_keeps_a_few() -> None:
+    harness = _load("harness")
+    rows = harness.plan_rows()
+    remote = [r for r in rows if r.store == "s3"]
+    assert harness.select_rows(rows, "s3") == remote == harness.select_rows(rows, "remote")
+    assert {r.reader for r in remote} == set(harness.REMOTE_READERS)
+    assert {r.format for r in remote} == {"tar"} and {r.dataset for r in remote} == {"imagenet", "tiny"}
+    # Reader names still select what they did; the curl reference is a variant of `webdataset`.
+    assert {r.reader for r in harness.select_rows(rows, "fastwds.webdataset")} == {"fastwds-wds"}
+    assert {r.reader for r in harness.select_rows(rows, "webdataset,local")} == {"webdataset"}
+    assert {r.reader for r in harness.select_rows(rows, "webdataset,s3")} == {"webdataset-curl"}
+    assert harness.names_remote("tiny,s3") and harness.names_remote("fastwds-s3")
+    assert not harness.names_remote("tiny,webdataset") and not harness.names_remote(None)
 
 
 def test_median_run_is_the_middle_rate_and_a_failure_wins() -> None:
