@@ -674,10 +674,10 @@ def test_a_field_named_like_the_sample_keys_raises_as_the_reference(tmp_path: Pa
 
 
 def test_unsupported_scheme_points_to_pipe_and_the_scheme_table() -> None:
-    # The core reads no s3:// itself; it asks fastwds.gopen's scheme table, which has no handler for it.
+    # The core reads no azure:// itself; it asks fastwds.gopen's scheme table, which has no handler for it.
     with pytest.raises(ValueError, match="pipe:") as info:
-        core(["s3://bucket/x.tar"])
-    assert "s3://bucket/x.tar" in str(info.value) and "gopen_schemes" in str(info.value)
+        core(["azure://bucket/x.tar"])
+    assert "azure://bucket/x.tar" in str(info.value) and "gopen_schemes" in str(info.value)
 
 
 def test_not_a_tar_stream_raises(tmp_path: Path) -> None:

@@ -313,14 +313,16 @@ def test_abandoning_a_stalled_read_returns_at_once_and_leaves_no_thread(stalling
 
 
 def test_a_stalled_server_fails_the_shard_after_the_read_timeout(stalling: StallingServer) -> None:
+    """A server that always stalls: each stalled read is retried from the byte reached, and after
+    `max_retries` attempts in a row the shard fails as a timeout, saying so."""
     start = time.monotonic()
     got = []
     with pytest.raises(fastwds.ShardError) as info:
-        for sample in fastwds.WebDataset(
-            stalling.url, shardshuffle=False, reader_options={"read_timeout": 0.5}
-        ):
+        options = {"read_timeout": 0.5, "max_retries": 2}
+        for sample in fastwds.WebDataset(stalling.url, shardshuffle=False, reader_options=options):
             got.append(sample)
     assert info.value.kind == "timeout" and info.value.url == stalling.url
+    assert "gave up after 3 attempts" in str(info.value)
     assert 0 < len(got) < 200
     assert time.monotonic() - start < 20
 
