@@ -373,7 +373,27 @@ def test_len_with_missing_or_stale_index(urls):
 
 
 def test_len_of_a_dataloader(urls):
-    torch = pytest.importorskip("torch")
+    import torch
+
     ds = wds.WebDataset(urls, shardshuffle=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=0)
     assert len(loader) == -(-sum(SIZES) // 4)
+
+
+def test_balanced_over_http_reads_indexes_and_ranges(monkeypatch, tmp_path):
+    from remote_servers import RangeHTTPServer
+
+    root = tmp_path / "www"
+    paths = write_shards(root, [6, 9, 4])
+    with RangeHTTPServer(root) as server:
+        urls = [f"{server.url}/{Path(p).name}" for p in paths]
+        assert len(wds.WebDataset(urls, shardshuffle=False)) == 19
+        got = read_all(monkeypatch, urls, "pad", 2, 2)
+        ranges = [
+            h.get("Range") for method, path, h in server.requests if method == "GET" and path.endswith(".tar")
+        ]
+    real = [k for part in got.values() for k, pad in part if not pad]
+    assert sorted(real) == sorted(keys_of([6, 9, 4]))
+    assert [len(part) for part in got.values()] == [5, 5, 5, 5]
+    # Spans that start inside a shard are fetched from their first byte on.
+    assert any(r is not None and not r.startswith("bytes=0-") for r in ranges), ranges
