@@ -331,8 +331,9 @@ def test_signatures_match_reference():
     ours = inspect.signature(wds.WebDataset.__init__).parameters
     ref = inspect.signature(webdataset.WebDataset.__init__).parameters
     # The reference's parameters in its order, then fastwds's own, keyword-only so no call can shift.
-    assert list(ours) == [*ref, "reader_options"]
+    assert list(ours) == [*ref, "reader_options", "balanced"]
     assert ours["reader_options"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert ours["balanced"].kind is inspect.Parameter.KEYWORD_ONLY
     for name, param in ref.items():
         if not callable(param.default):
             assert ours[name].default == param.default, name

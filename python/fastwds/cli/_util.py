@@ -123,13 +123,15 @@ class AtomicOutput:
         self.path = path
         self.temp: str | None = None
         self.upload: Any = None
+        self.stream: BinaryIO
         if path.startswith(("s3://", "gs://")):
             from .. import _core
 
-            self.upload = self.stream = _core.ObjectWriter(path)
+            self.upload = _core.ObjectWriter(path)
+            self.stream = self.upload  # a binary file in all that the writers use
             return
         if path == "-":
-            self.stream: BinaryIO = sys.stdout.buffer
+            self.stream = sys.stdout.buffer
             check_not_terminal(self.stream)
             return
         directory = os.path.dirname(os.path.abspath(path))
