@@ -281,3 +281,32 @@ def test_s3_cache_serves_next_epoch_after_objects_are_deleted(
         s3.delete_object(Bucket=bucket, Key=key)
     assert moto_s3.keys(bucket) == []
     assert_same_samples(read_samples(urls, cache_dir=str(cache_dir)), want)
+
+
+def test_cache_paths_stay_inside_the_cache_and_differ_per_url(tmp_path: Path) -> None:
+    """A hostile URL cannot name a cache entry outside the cache directory (`..` segments are dropped, a
+    custom name that leaves it is refused), and URLs that differ only in bucket, host or query get distinct
+    entries (the reference's last-path-component names would share one)."""
+    from fastwds.cache import CoreCache, cache_path_for
+
+    assert cache_path_for("s3://bkt/a/../../etc/passwd") == "s3/bkt/a/etc/passwd"
+    assert cache_path_for("http://h/../../x.tar") == "http/h/x.tar"
+    names = {
+        cache_path_for(u)
+        for u in (
+            "s3://a/x/0.tar",
+            "s3://b/y/0.tar",
+            "gs://a/x/0.tar",
+            "http://h/0.tar?part=1",
+            "http://h/0.tar?part=2",
+            "pipe:curl -s http://h/0.tar",
+        )
+    }
+    assert len(names) == 6 and not any(n.startswith("/") or ".." in n.split("/") for n in names)
+    stage = CoreCache(str(tmp_path))
+    (item,) = stage([{"url": "s3://bkt/a/../../../x.tar"}])
+    assert Path(item["cache_path"]).resolve().is_relative_to(tmp_path.resolve())
+    assert list(stage(["/local/shard.tar"])) == ["/local/shard.tar"]  # local shards are read in place
+    escaping = CoreCache(str(tmp_path), url_to_name=lambda url: "../outside.tar")
+    with pytest.raises(ValueError, match="leaves the cache directory"):
+        list(escaping([{"url": "s3://bkt/x.tar"}]))
