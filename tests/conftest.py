@@ -6,11 +6,13 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from remote_servers import FaultProxy, MotoS3, RangeHTTPServer, proxy_pool
 
 TAR_FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 
@@ -217,3 +219,30 @@ def wait_until(condition: Callable[[], Any], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return bool(condition())
+
+
+# Servers for the remote-storage tests (tests/remote_servers.py): real ones on 127.0.0.1, one per test module
+# (moto) or per test (the HTTP server, the proxies), stopped after.
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[RangeHTTPServer]:
+    """A RangeHTTPServer over tmp_path/www (created empty)."""
+    (tmp_path / "www").mkdir()
+    with RangeHTTPServer(tmp_path / "www") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def moto_s3() -> Iterator[MotoS3]:
+    """moto's S3 server (its own process, signatures checked) for one test module, whose tests use their own
+    buckets."""
+    with MotoS3() as server:
+        yield server
+
+
+@pytest.fixture
+def proxy_factory() -> Iterator[Callable[[tuple[str, int]], FaultProxy]]:
+    """Makes FaultProxy instances in front of (host, port), closed after the test."""
+    with proxy_pool() as make:
+        yield make

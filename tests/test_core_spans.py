@@ -5,7 +5,6 @@ plain local .tar (seeked), a .tar.gz (read and discarded up to start) and a remo
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,6 @@ def first_headers(path: str) -> dict[str, int]:
 
 def keys(shards: list[object]) -> list[str]:
     return [s["__key__"] for s in _core.ShardReader(shards)]
-
-
-@pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[RangeHTTPServer]:
-    (tmp_path / "www").mkdir()
-    with RangeHTTPServer(tmp_path / "www") as server:
-        yield server
 
 
 @pytest.mark.parametrize("name", ["shard.tar", "shard.tar.gz"])

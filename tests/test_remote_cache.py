@@ -14,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,33 +31,10 @@ from remote_servers import (
     cache_entries,
     cached_shards,
     is_temp_name,
-    proxy_pool,
     read_samples,
     unique_bucket,
     write_dataset,
 )
-
-
-@pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[RangeHTTPServer]:
-    """A RangeHTTPServer over tmp_path/www (created empty)."""
-    (tmp_path / "www").mkdir()
-    with RangeHTTPServer(tmp_path / "www") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[MotoS3]:
-    """moto's server (its own process) for this file's tests, which use their own buckets."""
-    with MotoS3() as server:
-        yield server
-
-
-@pytest.fixture
-def proxy_factory() -> Iterator[Callable[[tuple[str, int]], FaultProxy]]:
-    """Makes FaultProxy instances in front of (host, port), closed after the test."""
-    with proxy_pool() as make:
-        yield make
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from remote_servers import (
     GcsEmulator,
     as_samples,
     assert_same_samples,
-    proxy_pool,
     read_samples,
     unique_bucket,
     write_dataset,
@@ -36,13 +35,6 @@ def gcs_emulator() -> Iterator[GcsEmulator]:
     """The GCS emulator (its own process) for this file's tests."""
     with GcsEmulator() as server:
         yield server
-
-
-@pytest.fixture
-def proxy_factory() -> Iterator[Callable[[tuple[str, int]], FaultProxy]]:
-    """Makes FaultProxy instances in front of (host, port), closed after the test."""
-    with proxy_pool() as make:
-        yield make
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,6 @@ from remote_servers import (
     as_samples,
     assert_same_samples,
     content_etag,
-    proxy_pool,
     read_samples,
     write_dataset,
     write_shard,
@@ -35,21 +34,6 @@ from remote_servers import (
 
 # Small limits, so that a stall costs about a second and a permanent error shows quickly.
 FAULT_OPTIONS = {"read_timeout": 1, "max_retries": 5}
-
-
-@pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[RangeHTTPServer]:
-    """A RangeHTTPServer over tmp_path/www (created empty)."""
-    (tmp_path / "www").mkdir()
-    with RangeHTTPServer(tmp_path / "www") as server:
-        yield server
-
-
-@pytest.fixture
-def proxy_factory() -> Iterator[Callable[[tuple[str, int]], FaultProxy]]:
-    """Makes FaultProxy instances in front of (host, port), closed after the test."""
-    with proxy_pool() as make:
-        yield make
 
 
 @pytest.fixture

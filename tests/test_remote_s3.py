@@ -13,7 +13,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import botocore.exceptions
@@ -28,7 +28,6 @@ from remote_servers import (
     MotoS3,
     as_samples,
     assert_same_samples,
-    proxy_pool,
     read_samples,
     unique_bucket,
     write_dataset,
@@ -38,20 +37,6 @@ from remote_servers import (
 FAULT_OPTIONS = {"read_timeout": 1, "max_retries": 5}
 
 Dataset = tuple[str, list[str], list[str]]  # (bucket, local paths, s3 URLs)
-
-
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[MotoS3]:
-    """moto's server (its own process) for this file's tests, which use their own buckets."""
-    with MotoS3() as server:
-        yield server
-
-
-@pytest.fixture
-def proxy_factory() -> Iterator[Callable[[tuple[str, int]], FaultProxy]]:
-    """Makes FaultProxy instances in front of (host, port), closed after the test."""
-    with proxy_pool() as make:
-        yield make
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,6 @@ from remote_servers import (
 MTIME = 1_700_000_000  # fixed member times, so local and remote outputs can be compared byte for byte
 
 
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[MotoS3]:
-    """moto's server (its own process) for this file's tests, which use their own buckets."""
-    with MotoS3() as server:
-        yield server
-
-
 @pytest.fixture
 def s3(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoS3:
     """moto reached through the AWS_* variables, and nothing of the user's AWS configuration."""
