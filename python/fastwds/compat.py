@@ -3,15 +3,16 @@ webdataset 1.0.2's signatures and defaults; the tar stage underneath is the Rust
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
-from . import autodecode, cache, epochs, filters, images, shardindex, shardlists, utils
+from . import autodecode, cache, epochs, filters, images, resume, shardindex, shardlists, utils
 from .filters import reraise_exception
 from .pipeline import DataPipeline
 from .reader import ShardSamples, _is_reraise
@@ -294,6 +295,7 @@ class WebDataset(DataPipeline, FluidInterface):
         args = SimpleNamespace(**locals())
         self.verbose = verbose
         seeded = seed is not None or "WDS_SEED" in os.environ
+        self._seeded = seeded or balanced is not None
         self.seed = os.environ.get("WDS_SEED", random.randint(0, 1000000)) if seed is None else seed
         self.update_cache_info(args)
         self._nodesplitter = nodesplitter
@@ -460,6 +462,71 @@ class WebDataset(DataPipeline, FluidInterface):
             return found
         except (ValueError, OSError) as exn:
             raise TypeError(f"the length of this {type(self).__name__} is unknown: {exn}") from exn
+
+    def __iter__(self) -> Iterator[Any]:
+        """Iterate one epoch (resuming the one a `load_state_dict` describes, if one was loaded)."""
+        plan = self.__dict__.pop("_resume_plan", None)
+        run = resume.Run(self, plan)
+        self._resume_run = run
+        return iter(run)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state of this dataset's latest iteration, as of the items it has yielded (JSON-able, small):
+        `load_state_dict` on a dataset of the same configuration makes its next iteration yield exactly the
+        items this one would have yielded next (see `fastwds.resume`). torchdata's `StatefulDataLoader` calls
+        it in each worker. Raises ValueError when the pipeline cannot be resumed (naming the stage)."""
+        run = self.__dict__.get("_resume_run")
+        if run is None or run.dataset is not self:
+            run = resume.Run(self, self.__dict__.get("_resume_plan"))
+        run.layout.check()
+        state = run.state()
+        state["version"] = resume.STATE_VERSION
+        state["fingerprint"] = resume._fingerprint(resume.fingerprint_parts(self))
+        state["images"] = self._image_seeds()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next iteration resume where the iteration that saved `state` (with `state_dict`) was.
+        Raises ValueError when `state` comes from another configuration (saying what differs), from an
+        unknown version, or the pipeline cannot be resumed."""
+        if not isinstance(state, dict) or state.get("version") != resume.STATE_VERSION:
+            raise ValueError(f"not a fastwds WebDataset state of version {resume.STATE_VERSION}")
+        resume.Layout(self.pipeline).check()
+        resume.check_fingerprint(state.get("fingerprint", {}), resume.fingerprint_parts(self))
+        self._set_image_seeds(state.get("images") or {})
+        self.set_epoch(int(state["epoch"]))
+        self._resume_plan = state if state.get("shards") is not None else None
+        self.__dict__.pop("_resume_run", None)
+
+    def _image_seeds(self) -> dict[str, int]:
+        """The random seeds of the image stages, by stage position."""
+        seeds = {}
+        for i, stage in enumerate(self.pipeline):
+            if isinstance(stage, ShardSamples) and stage.images is not None:
+                seeds[str(i)] = int(stage.images.seed)
+            elif isinstance(stage, images.DecodeImages):
+                seeds[str(i)] = int(stage.options.seed)
+        return seeds
+
+    def _set_image_seeds(self, seeds: dict[str, int]) -> None:
+        pipeline = self.pipeline
+        for key, seed in seeds.items():
+            i = int(key)
+            stage = pipeline[i] if 0 <= i < len(pipeline) else None
+            if isinstance(stage, ShardSamples) and stage.images is not None:
+                options = stage.images.replace(seed=seed)
+                stage = copy.copy(stage)
+                stage.images = options
+                pipeline[i] = stage
+            elif isinstance(stage, images.DecodeImages):
+                stage = copy.copy(stage)
+                stage.options = stage.options.replace(seed=seed)
+                pipeline[i] = stage
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_resume_run", None)  # a live iteration does not travel to DataLoader workers
+        return state
 
     def update_cache_info(self, args: SimpleNamespace) -> None:
         """Apply `WDS_CACHE_SIZE` and `WDS_CACHE` from the environment. Raises ValueError when the cache

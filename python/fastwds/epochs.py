@@ -296,9 +296,11 @@ class BalancedSamples(ShardSamples):
     `handler` skipped the rest) moves on to the next span of its shard.
     """
 
-    def __call__(self, src: Iterable[Any]) -> Iterator[dict[str, Any]]:
-        """Return the samples of the spans in `src`, with `__pad__`."""
+    def __call__(self, src: Iterable[Any], _track: Any = None) -> Iterator[dict[str, Any]]:
+        """Return the samples of the spans in `src`, with `__pad__` (`_track` as for `ShardSamples`)."""
         plan: deque[tuple[str, int, bool]] = deque()
+        # Samples of a shuffle buffer read again when resuming come first, with their `__pad__` set.
+        reread = len(_track.reread) if _track is not None else 0
 
         def noted(spans: Iterable[Any]) -> Iterator[Any]:
             for span in spans:
@@ -308,7 +310,11 @@ class BalancedSamples(ShardSamples):
         url: str | None = None
         left = 0
         pad = False
-        for sample in super().__call__(noted(src)):
+        for sample in super().__call__(noted(src), _track):
+            if reread:
+                reread -= 1
+                yield sample
+                continue
             sample_url = sample.get("__url__")
             while left == 0 or sample_url != url:
                 url, left, pad = plan.popleft()

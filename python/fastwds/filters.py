@@ -680,18 +680,19 @@ def _batched(
 ) -> Iterator[Any]:
     """Group samples into batches of `batchsize`, collated by `collation_fn` (None gives lists).
 
-    A last batch shorter than `batchsize` is yielded only if `partial`. Like webdataset, a full batch is
-    yielded when the sample after it arrives (or the input ends).
+    A last batch shorter than `batchsize` is yielded only if `partial`. The batches are webdataset's; a full
+    batch is yielded as soon as it is full (webdataset waits for the sample after it), so that no sample is
+    held between batches, which resumable iteration (`WebDataset.state_dict`) relies on.
     """
     batch: list[Any] = []
     for sample in data:
+        batch.append(sample)
         if len(batch) >= batchsize:
             yield batch if collation_fn is None else collation_fn(batch)
             batch = []
-        batch.append(sample)
     if len(batch) == 0:
         return
-    if len(batch) == batchsize or partial:
+    if partial:
         yield batch if collation_fn is None else collation_fn(batch)
 
 

@@ -260,19 +260,27 @@ class ShardSamples:
             kw["images"] = self.images.mode
         return f"<tarfile_to_samples () {kw}>"
 
-    def __call__(self, src: Iterable[Any]) -> Iterator[dict[str, Any]]:
-        """Return the samples of the shards in `src`."""
+    def __call__(self, src: Iterable[Any], _track: Any = None) -> Iterator[dict[str, Any]]:
+        """Return the samples of the shards in `src`.
+
+        `_track` (a `fastwds.resume.TarTrack`, given by `WebDataset`'s iteration) is told which shard and
+        ordinal each sample has, and holds the buffered samples to re-read first when resuming."""
         feed = _ShardFeed(
             src, None if _is_reraise(self.handler) else self.handler, track_local=self.local_paths
         )
         self.epoch += 1
         images = None if self.images is None else self.images.replace(epoch=self.epoch % 2**64)
+        count = 0
+        if _track is not None and _track.reread:
+            for sample in self._reread(_track.reread, images):
+                count += 1
+                yield sample
         samples = iter(
             _reader(
                 feed, self.handler, self.select_files, self.rename_files, images=images, **self.reader_options
             )
         )
-        count = 0
+        track = _track
         try:
             paths = feed.local_paths
             opened = feed.opened
@@ -287,6 +295,17 @@ class ShardSamples:
                     path = paths.get(url) if add_paths else None
                     if opened:
                         feed.close_finished(url)
+                    if track is not None:
+                        track.switch(url)
+                if track is not None:
+                    ordinal = track.ordinal
+                    if ordinal >= track.limit:
+                        # The shard comes again right after itself: this sample is the next reading's.
+                        track.switch(url)
+                        ordinal = track.ordinal
+                    track.ordinal = ordinal + 1
+                    if ordinal < track.drop:
+                        continue  # read again to resume after it (the shard has no index)
                 if path is not None:
                     sample["__local_path__"] = path
                 count += 1
@@ -294,6 +313,8 @@ class ShardSamples:
         finally:
             samples.close()
             feed.close()
+        if track is not None and track.resumed:
+            return
         if count == 0 and self.empty_check:
             rank, world_size, worker, num_workers = pytorch_worker_info()
             if feed.count == 0 and (num_workers > 1 or world_size > 1):
@@ -302,6 +323,72 @@ class ShardSamples:
                 "No samples found in dataset; perhaps you have fewer shards than workers.\n"
                 + "Turn off using empty_check=False in the WebDataset constructor."
             )
+
+    def _reread(self, items: list[tuple[dict[str, Any], int]], images: Any) -> Iterator[dict[str, Any]]:
+        """The samples `items` ((shard spec, ordinal in it) pairs) read again, in that order: the samples of a
+        shuffle buffer when resuming. Raises ValueError when one cannot be found."""
+        from .resume import ResumeError, reread_plan
+
+        reads, takes = reread_plan(items, use_index=self.select_files is None and self.rename_files is None)
+        found: list[Any] = [None] * len(items)
+        feed = _ShardFeed(iter(reads), None, track_local=self.local_paths)
+        samples = iter(
+            _reader(
+                feed,
+                None,
+                self.select_files,
+                self.rename_files,
+                images=images,
+                **self._ordered_reader_options(),
+            )
+        )
+        try:
+            r = -1
+            ordinal = 0
+            taken = True
+            for sample in samples:
+                url = sample["__url__"]
+                # The read this sample comes from: a span gives one sample, a whole read those of its URL.
+                while r < 0 or reads[r]["url"] != url or (taken and isinstance(takes[r], tuple)):
+                    r += 1
+                    if r >= len(reads):
+                        raise ResumeError(f"{url}: an unexpected sample while re-reading the shuffle buffer")
+                    ordinal = 0
+                    taken = False
+                take = takes[r]
+                if isinstance(take, tuple):
+                    n, key = take
+                    if self.rename_files is None and sample["__key__"] != key:
+                        raise ResumeError(
+                            f"{url}: re-reading the shuffle buffer found {sample['__key__']!r} where its "
+                            f"index has {key!r} (the shard changed)"
+                        )
+                    found[n] = sample
+                    taken = True
+                else:
+                    for i, n in enumerate(take.get(ordinal, ())):
+                        found[n] = sample if i == 0 else dict(sample)
+                    ordinal += 1
+        finally:
+            samples.close()
+            feed.close()
+        paths = feed.local_paths
+        for n, sample in enumerate(found):
+            if sample is None:
+                raise ResumeError(
+                    f"{items[n][0].get('url')}: sample {items[n][1]} of the shuffle buffer could not be read again"
+                )
+            spec = items[n][0]
+            path = paths.get(sample["__url__"]) if self.local_paths else None
+            if path is not None:
+                sample["__local_path__"] = path
+            if "pad" in spec:
+                sample["__pad__"] = bool(spec["pad"])
+        yield from found
+
+    def _ordered_reader_options(self) -> dict[str, Any]:
+        """This stage's reader options, reading in order."""
+        return {**self.reader_options, "ordered": True}
 
     @property
     def decodes_images(self) -> bool:

@@ -313,10 +313,15 @@ class ResampledShards(LazyIterableDataset):
         self.epoch += 1
         if self.deterministic:
             seed = make_seed(self.worker_seed(), self.epoch, self.seed)
+        elif self.__dict__.get("resume_seed") is not None:
+            # A resumed epoch (`WebDataset.load_state_dict`) draws the stream it drew before.
+            seed = self.__dict__["resume_seed"]
         else:
             seed = make_seed(
                 self.worker_seed(), self.epoch, self.seed, os.getpid(), time.time_ns(), os.urandom(4)
             )
+        self.resume_seed: int | None = None
+        self.epoch_seed = seed
         if os.environ.get("WDS_SHOW_SEED", "0") == "1":
             print(f"# ResampledShards seed {seed}")
         self.rng = random.Random(seed)
@@ -379,7 +384,12 @@ class ShardShuffle(PipelineStage):
         if self.deterministic:
             return random.Random(_int_seed(self.seed) + self.epoch)
         if not self.seeded:
-            return random.Random(os.urandom(16))
+            # Fresh entropy, kept in `entropy` (hex) so that a resumed epoch (`WebDataset.load_state_dict`,
+            # which sets `resume_entropy`) draws the same order.
+            entropy = self.__dict__.get("resume_entropy") or os.urandom(16).hex()
+            self.resume_entropy = None
+            self.entropy = entropy
+            return random.Random(bytes.fromhex(entropy))
         if self.epoch == 0:
             return random.Random(self.seed)
         return random.Random(f"{self.seed}/epoch/{self.epoch}")
