@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use fastwds_core::remote::RemoteOptions;
 use fastwds_core::{ErrorKind, Item, Next, Pool, ReaderConfig, Sample, ShardError, ShardSpec, Value};
 
 // ---------------------------------------------------------------------------------------------------------
@@ -397,7 +398,7 @@ fn missing_file_is_an_open_error() {
 
 #[test]
 fn unsupported_scheme_is_an_open_error_pointing_at_pipe() {
-    for url in ["s3://bucket/shard-000.tar", "gs://bucket/x.tar"] {
+    for url in ["azure://bucket/shard-000.tar", "abfs://bucket/x.tar"] {
         let (before, e) = failing_shard(config(), url);
         assert!(before.is_empty());
         assert_eq!(e.kind, ErrorKind::Open, "{url}");
@@ -1107,7 +1108,9 @@ fn http_shards_and_http_errors() {
         format!("{base}/missing.tar"),
         format!("{base}/boom.tar"),
     ];
-    let cfg = ReaderConfig { threads: 1, prefetch: 1, ..ReaderConfig::default() };
+    // No retries: the server answers 4 requests, and a 503 that is not retried is reported as it came.
+    let remote = RemoteOptions { max_retries: 0, ..RemoteOptions::default() };
+    let cfg = ReaderConfig { threads: 1, prefetch: 1, remote, ..ReaderConfig::default() };
     let groups = per_shard(run(cfg, &urls));
     assert_eq!(groups.len(), 4);
     assert!(samples(&groups[0]) == expected(&urls[0], &specs));
@@ -1140,8 +1143,11 @@ fn http_body_cut_short_is_truncated() {
             let _ = stream.write_all(&body[..cut]);
         }
     });
-    let (before, e) = failing_shard(config(), &url);
+    // No retries: the server is gone after one answer, and the cut is reported as it came.
+    let remote = RemoteOptions { max_retries: 0, ..RemoteOptions::default() };
+    let (before, e) = failing_shard(ReaderConfig { remote, ..config() }, &url);
     assert_eq!(e.kind, ErrorKind::Truncated, "{e}");
+    assert!(e.message.contains("gave up after 1 attempts"), "{e}");
     assert_eq!(e.url, url);
     let full = expected(&url, &specs);
     assert!(before.len() < full.len() && before[..] == full[..before.len()]);
