@@ -59,3 +59,8 @@ def test_a_remote_span_is_fetched_with_a_ranged_request(tmp_path: Path, http_ser
     assert keys([{"url": url, "start": offsets[names[6]], "end": offsets[names[8]]}]) == names[6:8]
     ranges = [headers.get("Range") for method, _, headers in http_server.requests if method == "GET"]
     assert ranges == [f"bytes={offsets[names[6]]}-"]
+    # A span to the end of the shard ends where the shard does: no second request, no sample twice.
+    http_server.requests.clear()
+    assert keys([{"url": url, "start": offsets[names[3]]}]) == names[3:]
+    ranges = [headers.get("Range") for method, _, headers in http_server.requests if method == "GET"]
+    assert ranges == [f"bytes={offsets[names[3]]}-"]

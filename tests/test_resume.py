@@ -314,3 +314,35 @@ def test_resume_with_select_files(shards: str) -> None:
     for cut in (3, 9):
         before, after, _ = _resumed(make, cut)
         assert before + after == full
+
+
+def test_remote_shard_resumes_by_ranged_read(shards: str, http_server) -> None:  # type: ignore[no-untyped-def]
+    """Shards (and their indexes) served over HTTP: a restore mid-shard fetches that shard from the saved
+    sample's byte offset with a ranged GET, re-reads the shuffle buffer's samples as spans, opens no shard
+    before the position whole, and yields exactly the rest of the uninterrupted run."""
+    root = http_server.root
+    for url in wds.shardlists.expand_urls(shards):
+        for name in (url, shardindex.index_url(url)):
+            shutil.copy2(name, os.path.join(root, os.path.basename(name)))
+    urls = http_server.url + "/s-{000000..000004}.tar"
+
+    def make() -> wds.WebDataset:
+        return wds.WebDataset(urls, shardshuffle=False).shuffle(8, seed=1).to_tuple("__key__").batched(5)
+
+    full = [_keys(b) for b in make()]
+    ds = make()
+    it = iter(ds)
+    before = [_keys(next(it)) for _ in range(8)]
+    state = json.loads(json.dumps(ds.state_dict()))
+    (position, ordinal), *_ = state["shards"]["open"]
+    http_server.requests.clear()
+    restored = make()
+    restored.load_state_dict(state)
+    assert before + [_keys(b) for b in restored] == full
+    resumed = f"/s-{position:06d}.tar"
+    offset = shardindex.load_index(f"{http_server.url}{resumed}").offsets[ordinal]
+    gets = [(path, headers.get("Range")) for method, path, headers in http_server.requests if method == "GET"]
+    assert (resumed, f"bytes={offset}-") in gets
+    # Shards before the position are opened only for the buffered samples' spans, never from their start.
+    earlier = {f"/s-{i:06d}.tar" for i in range(position)}
+    assert not [g for g in gets if g[0] in earlier and g[1] in (None, "bytes=0-")]

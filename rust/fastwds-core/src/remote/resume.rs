@@ -73,7 +73,15 @@ impl<O: Origin> Resuming<O> {
                 Err(e) => return Err(e),
             }
         };
-        Ok(Resuming { origin, policy, cancel, etag: body.etag, size: body.size, body: Some(body.reader), offset: 0 })
+        Ok(Resuming {
+            origin,
+            policy,
+            cancel,
+            etag: body.etag,
+            size: body.size,
+            body: Some(body.reader),
+            offset: start,
+        })
     }
 
     /// Reopens at the current offset after `error`; Err when retries are exhausted or retrying cannot help.
@@ -253,5 +261,23 @@ mod tests {
         let err = r.read_to_end(&mut out).unwrap_err();
         assert!(err.to_string().contains("changed"), "{err}");
         assert_eq!(out.len(), 3000);
+    }
+
+    #[test]
+    fn a_body_opened_at_an_offset_ends_at_the_size_and_resumes_from_there() {
+        let origin = flaky(0);
+        let expected = origin.data[4000..].to_vec();
+        let mut r = Resuming::open(origin, 4000, policy(3), Arc::default()).map_err(|e| format!("{e:?}")).unwrap();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, expected);
+        assert_eq!(r.origin.opens, vec![4000]);
+        let origin = flaky(2);
+        let expected = origin.data[4000..].to_vec();
+        let mut r = Resuming::open(origin, 4000, policy(3), Arc::default()).map_err(|e| format!("{e:?}")).unwrap();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, expected);
+        assert_eq!(r.origin.opens, vec![4000, 7000, 10000]);
     }
 }
