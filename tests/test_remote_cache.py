@@ -117,10 +117,10 @@ READER_SCRIPT = textwrap.dedent(
     """
     import hashlib, json, sys
     import fastwds as wds
-    urls, cache_dir = json.loads(sys.argv[1]), sys.argv[2]
+    urls, cache_dir, options = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
     print("READY", flush=True)
     sys.stdin.readline()  # "go": both processes start reading at the same moment
-    for s in wds.WebDataset(urls, shardshuffle=False, cache_dir=cache_dir, reader_options={"read_timeout": 30}):
+    for s in wds.WebDataset(urls, shardshuffle=False, cache_dir=cache_dir, reader_options=options):
         fields = {k: hashlib.sha1(v).hexdigest() for k, v in s.items() if not k.startswith("__")}
         print(json.dumps([s["__key__"], fields]), flush=True)
     print("DONE", flush=True)
@@ -132,9 +132,10 @@ def digests(samples: list[tuple[str, dict[str, bytes]]]) -> list[list]:
     return [[k, {f: hashlib.sha1(v).hexdigest() for f, v in fields.items()}] for k, fields in samples]
 
 
-def start_reader(urls: list[str], cache_dir: Path) -> subprocess.Popen:
+def start_reader(urls: list[str], cache_dir: Path, **options: object) -> subprocess.Popen:
+    options = {"read_timeout": 30, **options}
     proc = subprocess.Popen(
-        [sys.executable, "-c", READER_SCRIPT, json.dumps(urls), str(cache_dir)],
+        [sys.executable, "-c", READER_SCRIPT, json.dumps(urls), str(cache_dir), json.dumps(options)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -186,7 +187,9 @@ def test_killed_download_leaves_no_entry(
     proxy = proxy_factory(("127.0.0.1", http_server.port))
     proxy.stall(400_000, 60.0)
     proxied = [u.replace(http_server.url, proxy.url) for u in urls]
-    proc = start_reader(proxied, cache_dir)
+    # One shard in flight, so the stalled download is the first shard's (with read-ahead, another shard's
+    # connection could reach the stall first while the first one completes, legitimately, into the cache).
+    proc = start_reader(proxied, cache_dir, threads=1, prefetch=1)
     try:
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write("go\n")
