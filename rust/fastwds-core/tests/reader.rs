@@ -1096,6 +1096,78 @@ fn serve(routes: Vec<(&'static str, u16, Vec<u8>)>, connections: usize) -> Strin
     base
 }
 
+/// Answers `requests` requests on 127.0.0.1 with `answer(method, path, range header)` -> (status, extra
+/// headers, body); returns the base URL.
+fn serve_with(
+    requests: usize,
+    answer: impl Fn(&str, &str, Option<&str>) -> (u16, String, Vec<u8>) + Send + 'static,
+) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&request).to_string();
+            let mut words = text.split_whitespace();
+            let method = words.next().unwrap_or("GET").to_string();
+            let path = words.next().unwrap_or("/").to_string();
+            let range = text.lines().find_map(|l| {
+                l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("range")).map(|(_, v)| v.trim())
+            });
+            let (status, headers, body) = answer(&method, &path, range);
+            let length = if method == "HEAD" { 1234 } else { body.len() };
+            let head = format!("HTTP/1.1 {status} X\r\nContent-Length: {length}\r\n{headers}Connection: close\r\n\r\n");
+            let _ = stream.write_all(head.as_bytes());
+            if method != "HEAD" {
+                let _ = stream.write_all(&body);
+            }
+        }
+    });
+    base
+}
+
+#[test]
+fn http_stat_asks_head_and_falls_back_to_a_one_byte_range() {
+    let options = RemoteOptions { max_retries: 0, ..RemoteOptions::default() };
+    // A server that answers HEAD: its Content-Length and ETag.
+    let base = serve_with(1, |method, _, _| {
+        assert_eq!(method, "HEAD");
+        (200, "ETag: \"abc\"\r\n".to_string(), Vec::new())
+    });
+    let stat = fastwds_core::remote::stat(&format!("{base}/a.tar"), &options).expect("stat");
+    assert_eq!(stat, (Some(1234), Some("\"abc\"".to_string())));
+    // One that refuses HEAD (405): the total of a one-byte range.
+    let base = serve_with(2, |method, _, range| match method {
+        "HEAD" => (405, String::new(), Vec::new()),
+        _ => {
+            assert_eq!(range, Some("bytes=0-0"));
+            (206, "Content-Range: bytes 0-0/98765\r\nETag: W/\"w1\"\r\n".to_string(), b"x".to_vec())
+        }
+    });
+    let stat = fastwds_core::remote::stat(&format!("{base}/b.tar"), &options).expect("stat");
+    assert_eq!(stat, (Some(98765), Some("W/\"w1\"".to_string())));
+    // Neither size nor ETag told: both unknown. A missing resource is an open error naming it.
+    let base = serve_with(3, |method, path, _| match (method, path) {
+        ("HEAD", "/c.tar") => (405, String::new(), Vec::new()),
+        (_, "/c.tar") => (200, String::new(), b"whole body".to_vec()),
+        _ => (404, String::new(), Vec::new()),
+    });
+    let stat = fastwds_core::remote::stat(&format!("{base}/c.tar"), &options).expect("stat");
+    assert_eq!(stat, (None, None));
+    let url = format!("{base}/gone.tar");
+    let e = fastwds_core::remote::stat(&url, &options).expect_err("404");
+    assert_eq!((e.kind, e.url.as_str()), (ErrorKind::Open, url.as_str()));
+    assert!(e.message.contains("404"), "{e}");
+}
+
 #[test]
 fn http_shards_and_http_errors() {
     let specs = make_samples(8, 20, 1000);

@@ -25,14 +25,15 @@ pub fn list_objects(py: Python<'_>, url: &str, storage_options: Option<Bound<'_,
     py.detach(|| remote::list(url, &remote.0)).map_err(|e| to_pyerr(py, e))
 }
 
-/// An object's (size, ETag or None).
+/// A remote shard's (size, ETag) from a HEAD request (`s3://`, `gs://`, `http(s)://`, `hf://`); either is
+/// None when the server does not send it (an object store always sends the size).
 #[pyfunction]
 #[pyo3(signature = (url, storage_options=None))]
 pub fn stat_object(
     py: Python<'_>,
     url: &str,
     storage_options: Option<Bound<'_, PyAny>>,
-) -> PyResult<(u64, Option<String>)> {
+) -> PyResult<(Option<u64>, Option<String>)> {
     let remote = remote_options(storage_options)?;
     py.detach(|| remote::stat(url, &remote.0)).map_err(|e| to_pyerr(py, e))
 }

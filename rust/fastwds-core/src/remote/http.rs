@@ -56,6 +56,31 @@ impl Origin for HttpOrigin {
     }
 }
 
+/// A resource's (size, ETag) as its server tells them: from a HEAD request, or from a one-byte ranged GET
+/// when the server refuses HEAD (405, 501). Either may be unknown.
+pub fn stat(url: &str, token: Option<&str>, agent: &ureq::Agent) -> Result<(Option<u64>, Option<String>), Failure> {
+    let authorized = |request: ureq::RequestBuilder<ureq::typestate::WithoutBody>| match token {
+        Some(token) => request.header("Authorization", format!("Bearer {token}")),
+        None => request,
+    };
+    let (response, ranged) = match authorized(agent.head(url)).call() {
+        Ok(response) => (response, false),
+        Err(ureq::Error::StatusCode(405 | 501)) => {
+            (authorized(agent.get(url)).header("Range", "bytes=0-0").call().map_err(classify)?, true)
+        }
+        Err(e) => return Err(classify(e)),
+    };
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let etag = header("etag");
+    let length = header("content-length").and_then(|v| v.parse::<u64>().ok());
+    let size = match (ranged, response.status().as_u16()) {
+        (true, 206) => header("content-range").as_deref().and_then(parse_content_range).and_then(|(_, total)| total),
+        (true, _) => None, // the whole body came back: its length is the size, but it is not read here
+        (false, _) => length,
+    };
+    Ok((size, etag))
+}
+
 /// `bytes START-END/TOTAL` (TOTAL may be `*`) as (START, TOTAL).
 fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
     let rest = value.trim().strip_prefix("bytes ")?;

@@ -138,13 +138,21 @@ pub fn list(url: &str, options: &RemoteOptions) -> Result<Vec<String>, ShardErro
     Ok(urls)
 }
 
-/// An object's size and ETag.
-pub fn stat(url: &str, options: &RemoteOptions) -> Result<(u64, Option<String>), ShardError> {
-    let Location::Object { store, bucket, key } = resolve(url)? else {
-        return Err(ShardError::new(ErrorKind::Open, url, "only s3:// and gs:// objects have a stat here"));
-    };
-    let client = Bucket::connect(store, &bucket, options).map_err(|m| ShardError::new(ErrorKind::Open, url, m))?;
-    client.head(&key).map_err(|e| ShardError::new(ErrorKind::Open, url, e.to_string()))
+/// A remote shard's size and ETag, either unknown when its server does not say (an HTTP server may send neither;
+/// an object store always sends the size): a HEAD request.
+pub fn stat(url: &str, options: &RemoteOptions) -> Result<(Option<u64>, Option<String>), ShardError> {
+    match resolve(url)? {
+        Location::Object { store, bucket, key } => {
+            let client =
+                Bucket::connect(store, &bucket, options).map_err(|m| ShardError::new(ErrorKind::Open, url, m))?;
+            let (size, etag) = client.head(&key).map_err(|e| ShardError::new(ErrorKind::Open, url, e.to_string()))?;
+            Ok((Some(size), etag))
+        }
+        Location::Http { url: target, token } => {
+            let agent = crate::source::http_agent(options.read_timeout);
+            http::stat(&target, token.as_deref(), &agent).map_err(|failure| failure_error(url, failure))
+        }
+    }
 }
 
 /// Starts an upload to an `s3://` or `gs://` URL.
