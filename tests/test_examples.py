@@ -181,10 +181,14 @@ def test_augment_shards_writes_outputs_to_a_bucket(tmp_path):
             cwd=tmp_path,
             extra_env=server.env(),
         )
-        keys = server.keys(bucket)
+        listed = server.keys(bucket)
+        keys = [key for key in listed if not key.endswith(".wdsidx")]
         objects = {key: server.client().get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
     inputs = sorted((tmp_path / "aug" / "input").glob("*.tar"))
     assert keys == [f"augmented/{p.name}" for p in inputs]
+    assert sorted(set(listed) - set(keys)) == [
+        key + ".wdsidx" for key in keys
+    ]  # each shard's index beside it
     for key, data in objects.items():
         (tmp_path / Path(key).name).write_bytes(data)
     augmented = ref_read([str(tmp_path / Path(key).name) for key in keys])

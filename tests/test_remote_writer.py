@@ -1,6 +1,7 @@
 """TarWriter and ShardWriter writing s3:// directly (moto, signature checking on): the objects hold the same
-bytes as the same samples written to local files, large shards go up in several parts, a writer killed
-mid-shard leaves no object under the shard's name, and a missing bucket is an error. (gs:// writing is not
+bytes as the same samples written to local files, each with its index uploaded beside it (the same entries as
+the local shard's, the object's ETag), large shards go up in several parts, a writer killed mid-shard leaves
+no object under the shard's name, and a missing bucket is an error. (gs:// writing is not
 tested: gcp-storage-emulator answers 501 to the XML multipart upload that object stores use.)"""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import botocore.exceptions
 import pytest
 
 import fastwds as wds
+from fastwds import shardindex
 from remote_servers import (
     MotoS3,
     assert_same_samples,
@@ -96,7 +98,7 @@ def test_fixture_moto_multipart_object_appears_only_on_complete(s3: MotoS3, buck
 @pytest.mark.timeout(120)
 def test_s3_tarwriter_writes_the_same_bytes_as_locally(s3: MotoS3, bucket: str, tmp_path: Path) -> None:
     """TarWriter("s3://...") creates an object byte-identical to the local file TarWriter writes from the
-    same samples, and reading it back gives those samples."""
+    same samples, and reading it back gives those samples; its index goes up beside it (index=False: none)."""
     local = tmp_path / "out.tar"
     with wds.TarWriter(str(local), mtime=MTIME) as sink:
         for sample in samples(30):
@@ -104,16 +106,32 @@ def test_s3_tarwriter_writes_the_same_bytes_as_locally(s3: MotoS3, bucket: str, 
     with wds.TarWriter(f"s3://{bucket}/dir/out.tar", mtime=MTIME) as sink:
         for sample in samples(30):
             sink.write(sample)
-    assert s3.keys(bucket) == ["dir/out.tar"]
+    assert s3.keys(bucket) == ["dir/out.tar", "dir/out.tar.wdsidx"]
     data = get_bytes(s3, bucket, "dir/out.tar")
     assert data == local.read_bytes()
     assert_same_samples(read_samples(f"s3://{bucket}/dir/out.tar"), read_samples(str(local)))
+    assert_same_index(s3, bucket, "dir/out.tar", local)
+    with wds.TarWriter(f"s3://{bucket}/plain/out.tar", mtime=MTIME, index=False) as sink:
+        sink.write(next(samples(1)))
+    assert s3.keys(bucket, "plain/") == ["plain/out.tar"]
+
+
+def assert_same_index(s3: MotoS3, bucket: str, key: str, local: Path) -> None:
+    """The index beside an object has the local shard's entries, the object's size and its ETag."""
+    stored = shardindex.decode_index(get_bytes(s3, bucket, key + shardindex.SUFFIX), key)
+    want = shardindex.load_index(str(local))
+    assert want is not None
+    assert (stored.keys, stored.offsets, stored.end) == (want.keys, want.offsets, want.end)
+    head = s3.client().head_object(Bucket=bucket, Key=key)
+    assert (stored.size, stored.validator) == (head["ContentLength"], head["ETag"])
+    assert shardindex.load_index(f"s3://{bucket}/{key}") == stored
 
 
 @pytest.mark.timeout(120)
 def test_s3_shardwriter_writes_the_same_shards_as_locally(s3: MotoS3, bucket: str, tmp_path: Path) -> None:
     """ShardWriter("s3://.../out-%06d.tar", maxcount=7) with 20 samples makes the same three shards, byte
-    for byte, as with a local pattern, and no upload is left pending."""
+    for byte, as with a local pattern, each with its index (so the dataset has a length), and no upload is
+    left pending."""
     with wds.ShardWriter(str(tmp_path / "out-%06d.tar"), maxcount=7, mtime=MTIME) as sink:
         for sample in samples(20):
             sink.write(sample)
@@ -121,10 +139,14 @@ def test_s3_shardwriter_writes_the_same_shards_as_locally(s3: MotoS3, bucket: st
         for sample in samples(20):
             sink.write(sample)
     names = [f"out-{i:06d}.tar" for i in range(3)]
-    assert s3.keys(bucket, "shards/") == [f"shards/{n}" for n in names]
+    assert s3.keys(bucket, "shards/") == sorted(
+        f"shards/{n}{x}" for n in names for x in ("", shardindex.SUFFIX)
+    )
     for name in names:
         assert get_bytes(s3, bucket, f"shards/{name}") == (tmp_path / name).read_bytes(), name
+        assert_same_index(s3, bucket, f"shards/{name}", tmp_path / name)
     assert pending_uploads(s3, bucket) == []
+    assert len(wds.WebDataset(f"s3://{bucket}/shards/out-{{000000..000002}}.tar", shardshuffle=False)) == 20
 
 
 @pytest.mark.timeout(180)
@@ -196,7 +218,7 @@ def test_s3_writer_killed_mid_shard_leaves_no_object(
     if writer == "TarWriter":
         assert s3.keys(bucket, "killed/") == []
     else:
-        assert s3.keys(bucket, "killed/") == ["killed/out-000000.tar"]
+        assert s3.keys(bucket, "killed/") == ["killed/out-000000.tar", "killed/out-000000.tar.wdsidx"]
         got = read_samples(f"s3://{bucket}/killed/out-000000.tar")
         assert [k for k, _ in got] == [f"k{i:04d}" for i in range(10)]
         assert [json.loads(f["cls"]) for _, f in got] == list(range(10))

@@ -440,7 +440,7 @@ def test_indexes_in_an_index_directory(tmp_path, monkeypatch):
     write_index(tmp_path / "idx" / "a.tar.wdsidx", index)
     assert load_index(str(shard)) is None
     assert load_index(str(shard), index_dir=str(tmp_path / "idx")) == index
-    # A remote shard's index: unchecked, since its ETag cannot be asked for yet.
+    # A pipe: shard's index: unchecked, since there is nothing to ask for its size or ETag.
     assert load_index(f"pipe:cat {shard}", index_dir=str(tmp_path / "idx")) == index
 
     def missing(url: str, *args, **kw):

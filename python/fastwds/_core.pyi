@@ -231,8 +231,9 @@ def list_objects(url: str, storage_options: dict[str, Any] | None = None) -> lis
     """The object URLs under a prefix (`s3://bkt/train/`) or matching a glob (`s3://bkt/train/shard-*.tar`),
     sorted; every page of the listing."""
 
-def stat_object(url: str, storage_options: dict[str, Any] | None = None) -> tuple[int, str | None]:
-    """An object's (size, ETag or None)."""
+def stat_object(url: str, storage_options: dict[str, Any] | None = None) -> tuple[int | None, str | None]:
+    """A remote shard's (size, ETag) from a HEAD request (`s3://`, `gs://`, `http(s)://`, `hf://`); either is
+    None when the server does not send it (an object store always sends the size)."""
 
 @final
 class RemoteReader:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import secrets
 import threading
 import warnings
 import zlib
@@ -33,6 +32,7 @@ from urllib.request import url2pathname
 import numpy as np
 
 from . import _core
+from ._pending import PendingFile
 from .gopen import gopen, rewrite_url
 
 __all__ = [
@@ -328,31 +328,30 @@ def _front_decoded(shared: list[int], suffixes: list[int], text: bytes) -> list[
     return keys
 
 
+def _in_bucket(url: str) -> bool:
+    """Whether a URL names an `s3://` or `gs://` object (which fastwds writes natively)."""
+    return urlparse(rewrite_url(url)).scheme in ("s3", "gs")
+
+
 def write_index(target: str | os.PathLike[str] | BinaryIO, index: ShardIndex) -> None:
     """Writes an index to a local path (appearing there whole: written under a temporary name in the same
-    directory, then renamed) or to a binary file object."""
+    directory, then renamed), to an `s3://` or `gs://` URL (uploaded; the object appears whole) or to a
+    binary file object."""
     data = encode_index(index)
     if not isinstance(target, (str, os.PathLike)):
         target.write(data)
         return
     path = os.fspath(target)
-    directory, base = os.path.split(os.path.abspath(path))
-    while True:
-        temp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.tmp")
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-        except FileExistsError:
-            continue
-        break
+    if _in_bucket(path):
+        with gopen(path, "wb") as sink:
+            sink.write(data)
+        return
+    pending = PendingFile(path)
     try:
-        with open(fd, "wb") as f:
-            f.write(data)
-        os.replace(temp, path)
+        pending.stream.write(data)
+        pending.commit()
     except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
+        pending.discard()
         raise
 
 
@@ -427,17 +426,24 @@ def index_name(shard_url: str) -> str:
     return base + SUFFIX
 
 
-def _remote_validator(url: str) -> tuple[int, str] | None:
-    """The current (size, ETag) of a remote shard, or None when it cannot be told.
-
-    This is the hook for stale-index detection on object stores and HTTP servers: once fastwds has native
-    object-store sources, it returns the object's size and ETag (from a HEAD request) and `load_index`
-    compares them with what the index recorded. Until then it returns None, and indexes of remote shards are
-    used without a check."""
-    return None
+_STAT_SCHEMES = ("s3", "gs", "http", "https", "hf")
 
 
-def _local_validator(path: str) -> tuple[int, str]:
+def _remote_validator(url: str) -> tuple[int | None, str] | None:
+    """The current (size, ETag) of an `s3://`, `gs://`, `http(s)://` or `hf://` shard, from a HEAD request (the
+    size is None, or the ETag "", when an HTTP server does not send it); None for other URLs or when the
+    request fails (reading the shard then reports why)."""
+    url = rewrite_url(url)
+    if urlparse(url).scheme not in _STAT_SCHEMES:
+        return None
+    try:
+        size, etag = _core.stat_object(url)
+    except (OSError, ValueError):
+        return None
+    return size, etag or ""
+
+
+def _local_validator(path: str) -> tuple[int | None, str]:
     st = os.stat(path)
     return st.st_size, str(st.st_mtime_ns)
 
@@ -448,7 +454,7 @@ def _staleness(shard_url: str, index: ShardIndex) -> str | None:
     path = _local_path(shard_url)
     if path is not None:
         try:
-            current: tuple[int, str] | None = _local_validator(path)
+            current: tuple[int | None, str] | None = _local_validator(path)
         except FileNotFoundError:
             return "the shard no longer exists"
     else:
@@ -457,7 +463,7 @@ def _staleness(shard_url: str, index: ShardIndex) -> str | None:
         return None
     size, validator = current
     changes = []
-    if size != index.size:
+    if size is not None and size != index.size:
         changes.append(f"size {index.size:,} -> {size:,} bytes")
     if validator and index.validator and validator != index.validator:
         what = "mtime_ns" if path is not None else "ETag"
@@ -478,8 +484,8 @@ def _load_bytes(place: str) -> bytes | None:
         with gopen(place, "rb") as stream:
             return stream.read()
     except (OSError, ValueError):
-        # gopen's remote openers (curl, gsutil, ...) report a missing object as a failed command, which
-        # cannot be told apart from other failures: a remote index that cannot be read counts as absent.
+        # A missing object is a 404 to the native readers but a failed command to other openers (pipe:,
+        # ais, ...), which cannot be told apart from other failures: an index that cannot be read is absent.
         return None
 
 
@@ -515,8 +521,8 @@ def load_index(shard_url: str, *, check: bool = True, index_dir: str | None = No
     """The index of a shard, found beside it (`index_url`) or else, with `index_dir`, in that directory
     under `index_name(shard_url)`; None when there is none.
 
-    With `check`, an index whose shard has changed since (local: size or mtime; remote: size or ETag where
-    `_remote_validator` can tell, else unchecked) is ignored: None, with a `StaleIndexWarning` naming the
+    With `check`, an index whose shard has changed since (local: size or mtime; `s3://`, `gs://`,
+    `http(s)://`, `hf://`: size or ETag, asked with a HEAD request; other URLs: unchecked) is ignored: None, with a `StaleIndexWarning` naming the
     shard and what changed. Raises ValueError naming the index file when it is corrupt or of an unknown
     version."""
     found = _load(os.fspath(shard_url), check, index_dir, True)
@@ -829,11 +835,12 @@ def build_index(url: str) -> ShardIndex:
 
 def _build(url: str, stop: threading.Event | None) -> ShardIndex:
     path = _local_path(url)
-    before: tuple[int, str] | None = None
+    before: tuple[int | None, str] | None = None
     if path is not None:
         before = _local_validator(path)
         raw: Any = open(path, "rb")
     else:
+        before = _remote_validator(url)
         raw = gopen(url, "rb")
     try:
         counted: Any = _Counted(raw)
@@ -845,7 +852,7 @@ def _build(url: str, stop: threading.Event | None) -> ShardIndex:
             tar = _TarBytes(_zstd_reader(counted, url), None)
         elif path is not None:
             raw.seek(0)
-            assert before is not None
+            assert before is not None and before[0] is not None
             tar = _TarBytes(raw, before[0])
         else:
             tar = _TarBytes(counted, None)
@@ -860,13 +867,12 @@ def _build(url: str, stop: threading.Event | None) -> ShardIndex:
             size = counted.count
     finally:
         raw.close()
-    if path is not None:
-        assert before is not None
-        after = _local_validator(path)
-        if after != before:
-            raise OSError(f"{url}: the shard changed while it was being indexed")
-        size, validator = before
-    else:
-        remote = _remote_validator(url)
-        validator = remote[1] if remote is not None else ""
+    after = _local_validator(path) if path is not None else _remote_validator(url)
+    if before is not None and after is not None and after != before:
+        raise OSError(f"{url}: the shard changed while it was being indexed")
+    validator = ""
+    if before is not None:
+        # The stored size is the one a later check compares with: the object's, when its server says it.
+        size = before[0] if before[0] is not None else size
+        validator = before[1]
     return ShardIndex(keys, offsets, end, size, validator)

@@ -19,7 +19,6 @@ import lzma
 import os
 import pickle
 import re
-import secrets
 import stat
 import time
 import zlib
@@ -31,8 +30,9 @@ from urllib.request import url2pathname
 import numpy as np
 
 from . import _core, utils
+from ._pending import PendingFile
 from .gopen import gopen, rewrite_url
-from .shardindex import SUFFIX, ShardIndex, is_metadata, write_index
+from .shardindex import SUFFIX, ShardIndex, _in_bucket, index_url, is_metadata, write_index
 from .tarformat import HeaderMaker, archive_size, member_size, padding, tar_format
 
 __all__ = [
@@ -458,55 +458,6 @@ def _unresolved_path(url: str) -> str:
     return url2pathname(parsed.path) if parsed.scheme == "file" else url
 
 
-class _PendingFile:
-    """A local output written under a hidden temporary name in its directory (`.NAME.XXXXXXXX.tmp`) and renamed
-    to its final name by `commit()`; `discard()` removes it. So a shard never appears under its name before
-    it is complete, whether the writer fails, is interrupted or is killed."""
-
-    def __init__(self, path: str) -> None:
-        directory, base = os.path.split(os.path.abspath(path))
-        while True:
-            temp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.tmp")
-            try:
-                # 0o666 less the umask: the permissions a plain open() gives a new file.
-                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-            except FileExistsError:
-                continue
-            break
-        self.path = path
-        self.temp: str | None = temp
-        try:
-            self.stream = open(fd, "wb", buffering=int(os.environ.get("GOPEN_BUFFER", -1)))
-        except BaseException:
-            os.close(fd)
-            self.discard()
-            raise
-
-    def commit(self) -> None:
-        """Closes the file and gives it its final name."""
-        self.stream.close()
-        assert self.temp is not None
-        os.replace(self.temp, self.path)
-        self.temp = None
-
-    def discard(self) -> None:
-        """Closes and removes the temporary file (a no-op after `commit`)."""
-        if self.temp is None:
-            return
-        temp, self.temp = self.temp, None
-        try:
-            stream = getattr(self, "stream", None)
-            if stream is not None:
-                stream.close()
-        except OSError:
-            pass  # a full disk fails the flush; the file goes anyway
-        finally:
-            try:
-                os.unlink(temp)
-            except FileNotFoundError:
-                pass
-
-
 class TarWriter:
     """Writes samples (dicts with a `__key__`) as members of one tar file or stream.
 
@@ -518,9 +469,10 @@ class TarWriter:
     writing). `format` picks how over-long names are stored: ustar/pax (default) or GNU.
 
     `index`: whether to write the shard's index (`fastwds.shardindex`) beside it as `NAME.wdsidx` when it is
-    closed. By default (None) that is done when the target is a local file (a path or `file:` URL), and
-    not for streams, pipes, file objects or remote URLs, which have no place for it (True raises
-    ValueError there). After `close()`, `index` holds the `ShardIndex` written (or None).
+    closed. By default (None) that is done when the target is a local file (a path or `file:` URL) or an
+    `s3://`/`gs://` object (the index is uploaded after the shard, with the object's ETag), and not for
+    streams, pipes, file objects or other URLs, which have no place for it (True raises ValueError there).
+    After `close()`, `index` holds the `ShardIndex` written (or None).
     """
 
     def __init__(
@@ -547,10 +499,11 @@ class TarWriter:
         if isinstance(fileobj, os.PathLike):
             fileobj = os.fspath(fileobj)
         kind = _compression(fileobj, compress)
-        self._pending: _PendingFile | None = None
+        self._pending: PendingFile | None = None
         self._failed = False
         # The index's path, and the keys and offsets of the samples written so far (the reader's keys).
         self._index_path: str | None = None
+        self._index_object: str | None = None  # the s3/gs shard whose index is uploaded after it
         self._keys: list[Any] | None = None  # per sample: its key, or the marks of `_index_marks`
         self._starts: list[int] = []  # per sample: the offset of its first header
         self.index: ShardIndex | None = None
@@ -563,16 +516,19 @@ class TarWriter:
                     # Beside the name given (a symbolic link's, not its target's): where readers look.
                     self._index_path = _unresolved_path(fileobj) + SUFFIX
                     self._keys = []
-                self._pending = _PendingFile(path)
+                self._pending = PendingFile(path)
                 fileobj = self._pending.stream
             else:
+                if index is not False and _in_bucket(fileobj):
+                    self._index_object = fileobj
+                    self._keys = []
                 fileobj = gopen(fileobj, "wb")
         else:
             self.own_fileobj = False
         if index and self._keys is None:
             raise ValueError(
-                "TarWriter(index=True) needs a local file target (a path or file: URL); a stream, pipe or "
-                "remote URL has no place for an index (index it later with `fastwds index`)"
+                "TarWriter(index=True) needs a local file or s3://, gs:// target; a stream, pipe or other "
+                "URL has no place for an index (index it later with `fastwds index`)"
             )
         self.stream = fileobj
         sink: Any = _Compressed(fileobj, kind) if kind else fileobj
@@ -737,6 +693,13 @@ class TarWriter:
             st = os.stat(self._index_path[: -len(SUFFIX)])
             self.index = ShardIndex(keys, offsets, self._offset, st.st_size, str(st.st_mtime_ns))
             write_index(self._index_path, self.index)
+        elif self._index_object is not None and self._keys is not None:
+            keys, offsets = _index_entries(self._keys, self._starts)
+            size, etag = _core.stat_object(rewrite_url(self._index_object))
+            if size is None:  # an object store always sends it
+                raise OSError(f"{self._index_object}: the store did not tell the size of the shard written")
+            self.index = ShardIndex(keys, offsets, self._offset, size, etag or "")
+            write_index(index_url(self._index_object), self.index)
 
     @staticmethod
     def tarmode(fileobj: Any, compress: bool | str | None = None) -> str:
@@ -752,7 +715,8 @@ class ShardWriter:
     or grow past `maxsize` bytes (uncompressed tar size; a sample larger than that gets a shard of its own).
     `post(fname)` runs after each shard is closed; `opener(fname)` opens the output (default: gopen).
     `verbose` prints "# writing NAME COUNT SIZE TOTAL" when a shard starts; other keywords go to `TarWriter`,
-    among them `index`: each local shard gets its index beside it (`NAME.wdsidx`) unless `index=False`.
+    among them `index`: each local or `s3://`/`gs://` shard gets its index beside it (`NAME.wdsidx`) unless
+    `index=False`.
     """
 
     def __init__(

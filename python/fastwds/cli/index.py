@@ -16,10 +16,12 @@ from ._util import CommandError, expand_all, stops_cleanly
 from .progress import Progress
 
 EPILOG = """\
-Each shard is read once (local, file:, or any URL fastwds.gopen opens; plain, gzip or zstd) and its index
-is written beside it as NAME.wdsidx, where readers look for it. Shards that are not local files, or whose
-directory is not writable, need --output-dir: their indexes go there under the shard's base name, and
-readers find them with fastwds.shardindex.load_index(url, index_dir=DIR). A shard whose index is present
+Each shard is read once (local, file:, s3://, gs://, http(s)://, hf:// or any URL fastwds.gopen opens;
+plain, gzip or zstd) and its index is written beside it as NAME.wdsidx, where readers look for it: in the
+shard's directory, or in its bucket for s3:// and gs:// shards (uploaded whole). Other shards (http, pipe:,
+a directory that is not writable) need --output-dir, which also takes the indexes of bucket shards when
+given: they go there under the shard's base name, and readers find them with
+fastwds.shardindex.load_index(url, index_dir=DIR). A shard whose index is present
 and up to date is skipped unless --force. The index format is in docs/index-format.md.
 
 example:
@@ -31,9 +33,12 @@ example:
 
 
 def _destination(url: str, output_dir: str | None) -> str:
-    """Where a shard's index is written: beside a local shard whose directory is writable, else in
-    `output_dir` (CommandError when there is none)."""
+    """Where a shard's index is written: beside a local shard whose directory is writable, or beside an
+    `s3://`/`gs://` shard when no `output_dir` is given; else in `output_dir` (CommandError when there is
+    none)."""
     path = shardindex._local_path(url)
+    if path is None and output_dir is None and shardindex._in_bucket(url):
+        return shardindex.index_url(url)
     if path is not None:
         beside = path + shardindex.SUFFIX
         if os.access(os.path.dirname(os.path.abspath(beside)), os.W_OK):
@@ -60,15 +65,17 @@ def _fresh(url: str, destination: str) -> ShardIndex | None:
     return None if found is None else found[0]
 
 
-def _index_one(url: str, destination: str, force: bool, stop: threading.Event) -> tuple[ShardIndex, bool]:
-    """Builds and writes one shard's index; returns it and whether it was (re)built."""
+def _index_one(
+    url: str, destination: str, force: bool, stop: threading.Event
+) -> tuple[ShardIndex, bool, int]:
+    """Builds and writes one shard's index; returns it, whether it was (re)built and its size in bytes."""
     if not force:
         index = _fresh(url, destination)
         if index is not None:
-            return index, False
+            return index, False, len(shardindex.encode_index(index))
     index = shardindex._build(url, stop)
     shardindex.write_index(destination, index)
-    return index, True
+    return index, True, len(shardindex.encode_index(index))
 
 
 @stops_cleanly
@@ -89,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     failures: list[str] = []
     built = fresh = samples = index_bytes = 0
     pool = ThreadPoolExecutor(max_workers=min(args.jobs, len(urls)), thread_name_prefix="fastwds-index")
-    pending: dict[Future[tuple[ShardIndex, bool]], str] = {}
+    pending: dict[Future[tuple[ShardIndex, bool, int]], str] = {}
     try:
         with Progress("index", unit="shards") as progress:
             pending = {
@@ -101,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                 for future in done:
                     url = pending.pop(future)
                     try:
-                        index, rebuilt = future.result()
+                        index, rebuilt, nbytes = future.result()
                     except (OSError, ValueError) as exc:
                         message = str(exc)
                         failures.append(message if url in message else f"{url}: {message}")
@@ -109,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                     built += rebuilt
                     fresh += not rebuilt
                     samples += index.count
-                    index_bytes += os.path.getsize(destinations[url])
+                    index_bytes += nbytes
                     progress.update(1, index.size)
     finally:
         stop.set()  # an interrupted run stops the threads between members
@@ -137,7 +144,10 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "urls", nargs="+", metavar="URL", help="shards: paths, brace patterns, file:, http(s), ..."
+        "urls",
+        nargs="+",
+        metavar="URL",
+        help="shards: paths, brace patterns, file:, s3, gs, http(s), hf, ...",
     )
     parser.add_argument(
         "-j",
@@ -149,7 +159,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--output-dir",
         metavar="DIR",
-        help="where to write the indexes of shards that are not local or whose directory is not writable",
+        help="where to write the indexes of shards that are not local files or s3/gs objects, or whose "
+        "directory is not writable (given, it also takes those of s3/gs shards)",
     )
     parser.add_argument(
         "-f", "--force", action="store_true", help="rebuild indexes that are present and up to date"
