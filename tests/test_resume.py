@@ -262,6 +262,30 @@ def test_with_epoch_counter_resumes(shards: str) -> None:
     assert before + [k for (k,) in restored] == full
 
 
+@pytest.mark.parametrize("seed", [None, 4])
+def test_resampled_shards_resume(shards: str, seed: int | None) -> None:
+    """Shards drawn with replacement (`resampled=True`): the resampler's generator travels in the state when
+    it is unseeded, so the restored run draws the same shards next, as a seeded one does."""
+
+    def make() -> wds.WebDataset:
+        kw = {} if seed is None else {"seed": seed}
+        dataset = wds.WebDataset(shards, resampled=True, shardshuffle=False, **kw)  # type: ignore[arg-type]
+        return dataset.shuffle(8, seed=2).to_tuple("__key__").with_epoch(60)
+
+    ds = make()
+    it = iter(ds)
+    before = [next(it)[0] for _ in range(23)]
+    state = json.loads(json.dumps(ds.state_dict()))
+    uninterrupted = before + [k for (k,) in it]
+    assert len(uninterrupted) == 60
+    restored = make()
+    restored.load_state_dict(state)
+    assert before + [k for (k,) in restored] == uninterrupted
+    if seed is None:
+        other = make()
+        assert [k for (k,) in other] != uninterrupted  # unseeded: another run draws other shards
+
+
 def test_balanced_epochs_resume(shards: str) -> None:
     def make() -> wds.WebDataset:
         return (

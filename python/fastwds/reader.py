@@ -287,6 +287,7 @@ class ShardSamples:
             add_paths = self.local_paths
             last_url = None
             path = None
+            ref = skip = 0  # the track's sample reference and drop bound, kept in locals between switches
             for sample in samples:
                 url = sample["__url__"]
                 if url != last_url:
@@ -297,14 +298,15 @@ class ShardSamples:
                         feed.close_finished(url)
                     if track is not None:
                         track.switch(url)
+                        ref, skip = track.ref, track.skip
                 if track is not None:
-                    ordinal = track.ordinal
-                    if ordinal >= track.limit:
+                    ref += 1
+                    if ref >= track.stop:
                         # The shard comes again right after itself: this sample is the next reading's.
                         track.switch(url)
-                        ordinal = track.ordinal
-                    track.ordinal = ordinal + 1
-                    if ordinal < track.drop:
+                        ref, skip = track.ref + 1, track.skip
+                    track.ref = ref  # one store a sample: what state_dict() and the shuffle read
+                    if ref < skip:
                         continue  # read again to resume after it (the shard has no index)
                 if path is not None:
                     sample["__local_path__"] = path

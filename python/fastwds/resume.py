@@ -228,13 +228,49 @@ class _Entry:
         self.drop = drop
 
 
+# A sample's reference: its shard position and its ordinal in one int, so that the hot loops pass a single
+# number (no tuple per sample). Shards hold far fewer than 2**32 samples.
+_REF_BITS = 32
+_ORDINAL_MASK = (1 << _REF_BITS) - 1
+
+
+def make_ref(pos: int, ordinal: int) -> int:
+    """The reference of the sample `ordinal` (from the spec's first sample) of shard position `pos`."""
+    return (pos << _REF_BITS) | ordinal
+
+
+def split_ref(ref: int) -> list[int]:
+    """`[position, ordinal]` of a reference."""
+    return [ref >> _REF_BITS, ref & _ORDINAL_MASK]
+
+
 class TarTrack:
     """The progress of the tar stage in one pass: which shard position and ordinal each sample it hands on
     has, and the position to resume from.
 
     The tar stage calls `feed(src)` on its shard stream and `switch(url)` when a sample does not belong to
-    the current entry; between those it keeps `ordinal`, `limit` and `drop` up to date for the current
-    entry (attribute updates only)."""
+    the current entry; after `switch` it reads `ref` (the reference, see `make_ref`, of the sample before the
+    next one), `skip` (the reference past the samples to drop), and for each sample stores the sample's
+    reference in `ref`, taking a sample whose reference reaches `stop` (past the entry's last sample) as the
+    start of the entry's next reading."""
+
+    __slots__ = (
+        "ordered",
+        "use_index",
+        "resumed",
+        "queue",
+        "inflight",
+        "cur",
+        "pos",
+        "ref",
+        "stop",
+        "skip",
+        "start",
+        "next",
+        "unfed",
+        "ambiguous",
+        "reread",
+    )
 
     def __init__(
         self, ordered: bool, start: int = 0, open_: list[list[int]] | None = None, use_index: bool = True
@@ -246,9 +282,9 @@ class TarTrack:
         self.inflight: dict[str, _Entry] = {}  # unordered: entries handed to the core, maybe unfinished
         self.cur: _Entry | None = None
         self.pos = -1
-        self.ordinal = 0
-        self.limit: float = math.inf
-        self.drop = 0
+        self.ref = -1  # the last sample handed on (or dropped)
+        self.stop: float = math.inf
+        self.skip = 0
         self.start = start
         self.next = start  # first position not handed to the core (after the open ones)
         self.unfed: list[list[int]] = [list(x) for x in open_ or []]  # open positions not handed yet
@@ -256,7 +292,12 @@ class TarTrack:
         self.reread: list[tuple[dict[str, Any], int]] = []
         if ordered and self.unfed:
             pos, k = self.unfed[0]
-            self.pos, self.ordinal = pos, k
+            self.pos, self.ref = pos, make_ref(pos, k) - 1
+
+    @property
+    def ordinal(self) -> int:
+        """The ordinal of the current entry's next sample."""
+        return self.ref + 1 - make_ref(self.pos, 0) if self.pos >= 0 else 0
 
     def feed(
         self, items: Iterable[tuple[int, dict[str, Any], dict[str, Any] | None, int, int]]
@@ -291,6 +332,11 @@ class TarTrack:
                     self._bound(entry)
             yield adjusted
 
+    def _set_limit(self, entry: _Entry, limit: float) -> None:
+        entry.limit = limit
+        if entry is self.cur:
+            self.stop = make_ref(entry.pos, 0) + limit
+
     def _bound(self, entry: _Entry) -> None:
         """Give `entry` its limit from the shard's index, when it has one and the limit is unknown."""
         if entry.limit != math.inf:
@@ -300,9 +346,7 @@ class TarTrack:
             if self.ordered:
                 self.ambiguous = entry.url
             return
-        entry.limit = count
-        if entry is self.cur:
-            self.limit = count
+        self._set_limit(entry, count)
 
     def switch(self, url: str) -> None:
         """Make the entry the next sample (of `url`) belongs to the current one."""
@@ -326,9 +370,10 @@ class TarTrack:
             entry = found
         self.cur = entry
         self.pos = entry.pos
-        self.ordinal = entry.ordinal
-        self.limit = entry.limit
-        self.drop = entry.drop
+        base = make_ref(entry.pos, 0)
+        self.ref = base + entry.ordinal - 1
+        self.stop = base + entry.limit
+        self.skip = base + entry.drop
 
     def position(self) -> dict[str, Any]:
         """`{"next": n, "open": [[position, k], ...]}` as of the samples handed on so far."""
@@ -349,10 +394,11 @@ class TarTrack:
                 and shardindex._local_path(cur.url)
             ):
                 count = _index_count(cur.url)
-                cur.limit = self.limit = math.inf if count is None else count
-            if self.ordinal >= self.limit:
+                self._set_limit(cur, math.inf if count is None else count)
+            ordinal = self.ordinal
+            if cur is not None and ordinal >= cur.limit:
                 return {"next": self.pos + 1, "open": []}  # the shard is finished: no need to open it again
-            return {"next": self.pos + 1, "open": [[self.pos, self.ordinal]]}
+            return {"next": self.pos + 1, "open": [[self.pos, ordinal]]}
         cur = self.cur
         if cur is not None:
             cur.ordinal = self.ordinal
@@ -380,11 +426,11 @@ def _index_count(url: str) -> int | None:
 
 
 class ShuffleTrack:
-    """The sample shuffle's buffer as references (shard position, ordinal), parallel to the samples."""
+    """The sample shuffle's buffer as references (see `make_ref`), parallel to the samples."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
-        self.refs: list[tuple[int, int]] = []
+        self.refs: list[int] = []
 
 
 def tracked_shuffle(
@@ -417,16 +463,16 @@ def tracked_shuffle(
                 raise ResumeError(
                     "the shuffle buffer could not be refilled: a buffered sample is missing"
                 ) from None
-            rappend((ref[0], ref[1]))
+            rappend(make_ref(ref[0], ref[1]))
     if rng_state is not None:
         rng.setstate(_rng_state_in(rng_state))
     for sample in source:
         append(sample)
-        rappend((tar.pos, tar.ordinal - 1))
+        rappend(tar.ref)
         if len(buf) < bufsize:
             try:
                 append(next(source))
-                rappend((tar.pos, tar.ordinal - 1))
+                rappend(tar.ref)
             except StopIteration:
                 pass
         n = len(buf)
@@ -654,7 +700,7 @@ class Run:
         state["shuffle"] = (
             None
             if shuffle is None
-            else {"refs": [list(r) for r in shuffle.refs], "rng": _rng_state_out(shuffle.rng.getstate())}
+            else {"refs": [split_ref(r) for r in shuffle.refs], "rng": _rng_state_out(shuffle.rng.getstate())}
         )
         entropy = dict(self.entropy)
         source = ds.pipeline[0]
