@@ -208,6 +208,35 @@ def test_a_replaced_http_shard_makes_its_index_stale(http_server: RangeHTTPServe
         assert sample_count(url) is None
 
 
+def test_an_index_uploaded_with_its_shard_is_checked_by_size(
+    aws_env: MotoS3, http_server: RangeHTTPServer, tmp_path: Path
+) -> None:
+    """An index written beside a local shard holds the file's mtime, not an object's ETag: uploaded with its
+    shard (to a bucket, to a web server), it is used, checked by the shard's size, and not taken for stale."""
+    local = tmp_path / "a.tar"
+    with wds.TarWriter(str(local)) as sink:
+        for i in range(PER_SHARD):
+            sink.write({"__key__": f"k{i:03d}", "txt": f"sample {i}"})
+    sidecar = str(local) + shardindex.SUFFIX
+    bucket = unique_bucket("upload")
+    aws_env.create_bucket(bucket)
+    (url, _) = aws_env.put_files(bucket, "", [str(local), sidecar])
+    served = f"{http_server.url}/a.tar"
+    for name in ("a.tar", "a.tar" + shardindex.SUFFIX):
+        (http_server.root / name).write_bytes((tmp_path / name).read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for shard in (url, served):
+            index = load_index(shard)
+            assert index is not None and index.validator.isdigit()  # the local file's mtime
+            assert len(wds.WebDataset(shard, shardshuffle=False)) == PER_SHARD
+    # Another size is still told.
+    with wds.TarWriter(str(http_server.root / "a.tar"), index=False) as sink:
+        sink.write({"__key__": "other", "txt": "x"})
+    with pytest.warns(StaleIndexWarning, match="size"):
+        assert load_index(served) is None
+
+
 def test_an_unreachable_shard_leaves_its_index_unchecked(http_server: RangeHTTPServer) -> None:
     """A HEAD that fails says nothing about the shard: the index is used; reading the shard reports the
     failure."""
