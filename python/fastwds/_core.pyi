@@ -5,7 +5,7 @@ default written `...` is one the extension's signature shows as `...` (pyo3 rend
 its value is in the comment beside it.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, BinaryIO, final
 
 import numpy
@@ -27,6 +27,7 @@ __all__ = [
     "ImageOptions",
     "NATIVE_IMAGE_EXTENSIONS",
     "_rebuild_image_options",
+    "encode_index",
     "list_objects",
     "stat_object",
     "RemoteReader",
@@ -230,6 +231,13 @@ def image_crop_params(
 def list_objects(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """The object URLs under a prefix (`s3://bkt/train/`) or matching a glob (`s3://bkt/train/shard-*.tar`),
     sorted; every page of the listing."""
+
+def encode_index(
+    keys: Sequence[str | bytes], offsets: Sequence[int], end: int, size: int, validator: str
+) -> bytes:
+    """The bytes of an index file (format version 1) for its keys (str, or bytes for names that are not UTF-8),
+    their offsets, the end offset, the shard's stored size and its validator. Raises ValueError for content
+    that cannot be stored, UnicodeEncodeError for a str key that is not UTF-8 (surrogates)."""
 
 def stat_object(url: str, storage_options: dict[str, Any] | None = None) -> tuple[int | None, str | None]:
     """A remote shard's (size, ETag) from a HEAD request (`s3://`, `gs://`, `http(s)://`, `hf://`); either is

@@ -63,7 +63,6 @@ VERSION = 1
 
 _BLOCK = 512
 _CHECKSUM_BYTES = 4
-_ROWS = 1 << 16  # keys front-coded at a time, so that long keys in a big shard do not take much memory
 
 
 class StaleIndexWarning(UserWarning):
@@ -101,55 +100,6 @@ class ShardIndex:
 ################################################################
 
 
-def _varint(out: bytearray, value: int) -> None:
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-
-
-def _varint_column(values: np.ndarray) -> bytes:
-    """LEB128 varints of non-negative integers, one after another."""
-    v = values.astype(np.uint64)
-    if not len(v) or int(v.max()) < 0x80:
-        return v.astype(np.uint8).tobytes()
-    lengths = np.ones(len(v), np.int64)
-    rest = v >> np.uint64(7)
-    while rest.any():
-        lengths += rest > 0
-        rest >>= np.uint64(7)
-    owner = np.repeat(np.arange(len(v)), lengths)
-    starts = np.cumsum(lengths) - lengths
-    within = np.arange(len(owner)) - starts[owner]
-    out = ((v[owner] >> (7 * within).astype(np.uint64)) & np.uint64(0x7F)).astype(np.uint8)
-    out[within < lengths[owner] - 1] |= 0x80
-    return out.tobytes()
-
-
-def _front_coded(raws: list[bytes], lengths: np.ndarray) -> tuple[np.ndarray, bytes]:
-    """For each key, the number of leading bytes it shares with the key before it (0 for the first), and
-    the bytes after those of every key, concatenated."""
-    n = len(raws)
-    shared = np.zeros(n, np.int64)
-    suffixes = []
-    step = _ROWS
-    for lo in range(0, n, step):
-        hi = min(n, lo + step)
-        first = max(0, lo - 1)  # the row before, to compare with
-        width = max(1, int(lengths[first:hi].max()))
-        rows = np.array(raws[first:hi], dtype=f"S{width}").view(np.uint8).reshape(hi - first, width)
-        differ = rows[1:] != rows[:-1]
-        mismatch = differ.argmax(axis=1)
-        mismatch[~differ[np.arange(len(differ)), mismatch]] = width  # rows that do not differ
-        row_lengths = lengths[first:hi]
-        shared[first + 1 : hi] = np.minimum(mismatch, np.minimum(row_lengths[:-1], row_lengths[1:]))
-        small = np.int16 if width < 1 << 15 else np.int64
-        columns = np.arange(width, dtype=small)
-        keep = (columns >= shared[lo:hi, None].astype(small)) & (columns < lengths[lo:hi, None].astype(small))
-        suffixes.append(rows[lo - first :][keep].tobytes())
-    return shared, b"".join(suffixes)
-
-
 def _check_index(index: ShardIndex) -> None:
     if index.version != VERSION:
         raise ValueError(f"cannot write index version {index.version} (this fastwds writes {VERSION})")
@@ -160,47 +110,28 @@ def _check_index(index: ShardIndex) -> None:
 
 
 def encode_index(index: ShardIndex) -> bytes:
-    """The bytes of an index file (format version 1, see docs/index-format.md).
+    """The bytes of an index file (format version 1, see docs/index-format.md), made by the core.
 
     Raises ValueError for an index that cannot be stored: lengths that differ, offsets that decrease, are
     not multiples of 512 or lie past `end`."""
     _check_index(index)
-    out = bytearray(MAGIC)
-    out.append(VERSION)
-    out.append(0)  # flags: none defined in version 1
-    _varint(out, index.size)
-    validator = index.validator.encode("utf-8")
-    _varint(out, len(validator))
-    out += validator
-    n = len(index.keys)
-    _varint(out, n)
     try:
-        raws = list(map(str.encode, index.keys))
+        return _encoded(index.keys, index)
     except UnicodeEncodeError:
-        # Names the reader could not decode carry surrogates; they are stored as the bytes they were.
-        try:
-            raws = [key.encode("utf-8", "surrogateescape") for key in index.keys]
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"cannot store a key in an index: {exc}") from None
-    lengths = np.fromiter(map(len, raws), np.int64, n)
-    shared, suffixes = _front_coded(raws, lengths)
-    offsets = np.zeros(n + 2, np.int64)
+        pass
+    # Names the reader could not decode carry surrogates; they are stored as the bytes they were.
     try:
-        offsets[1 : n + 1] = np.fromiter(index.offsets, np.int64, n)
-        offsets[n + 1] = index.end
+        raw = [key.encode("utf-8", "surrogateescape") for key in index.keys]
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"cannot store a key in an index: {exc}") from None
+    return _encoded(raw, index)
+
+
+def _encoded(keys: list[str] | list[bytes], index: ShardIndex) -> bytes:
+    try:
+        return _core.encode_index(keys, index.offsets, index.end, index.size, index.validator)
     except OverflowError:
         raise ValueError("index offsets out of range") from None
-    deltas = np.diff(offsets)
-    if (deltas < 0).any() or (deltas % _BLOCK).any():
-        raise ValueError(
-            f"index offsets must increase by whole 512-byte blocks, from 0 up to the end offset {index.end}"
-        )
-    out += _varint_column(shared)
-    out += _varint_column(lengths - shared)
-    out += suffixes
-    out += _varint_column(np.asarray(deltas // _BLOCK, dtype=np.uint64))
-    out += zlib.crc32(out).to_bytes(_CHECKSUM_BYTES, "little")
-    return bytes(out)
 
 
 class _Cursor:
@@ -465,7 +396,11 @@ def _staleness(shard_url: str, index: ShardIndex) -> str | None:
     changes = []
     if size is not None and size != index.size:
         changes.append(f"size {index.size:,} -> {size:,} bytes")
-    if validator and index.validator and validator != index.validator:
+    # A validator is compared only with one of its kind: an index written beside a local file holds its
+    # mtime (decimal digits), one of a remote shard its ETag (quoted). An index uploaded with its shard, or
+    # one built from a remote shard and used with a local copy, is checked by the size alone.
+    same_kind = index.validator.isdigit() == (path is not None)
+    if validator and index.validator and same_kind and validator != index.validator:
         what = "mtime_ns" if path is not None else "ETag"
         changes.append(f"{what} {index.validator} -> {validator}")
     return "; ".join(changes) or None

@@ -3,12 +3,13 @@
 //! The data flows one way: a shard URL opens as a byte [`source`], [`decompress`] unwraps gzip or zstd by
 //! magic bytes, [`tar`] parses members from the stream, [`sample`] groups members into samples by key, and
 //! [`reader`] runs several shards at once on a small thread pool into a bounded [`ring`] buffer that the
-//! consumer drains. Nothing here knows about Python.
+//! consumer drains. [`index`] encodes the shard index files the writers make. Nothing here knows about Python.
 
 pub mod cache;
 pub mod decompress;
 pub mod error;
 pub mod image;
+pub mod index;
 mod permits;
 pub mod reader;
 pub mod remote;

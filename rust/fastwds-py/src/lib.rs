@@ -7,6 +7,7 @@ mod errors;
 mod fork;
 mod image;
 mod image_options;
+mod index;
 mod iterator;
 mod options;
 mod pyfile;
@@ -32,6 +33,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(shard_reader::_rebuild_reader, m)?)?;
     m.add_function(wrap_pyfunction!(image::decode_image, m)?)?;
     m.add_function(wrap_pyfunction!(image::image_crop_params, m)?)?;
+    m.add_function(wrap_pyfunction!(index::encode_index, m)?)?;
     m.add_function(wrap_pyfunction!(remote::list_objects, m)?)?;
     m.add_function(wrap_pyfunction!(remote::stat_object, m)?)?;
     m.add_class::<remote::RemoteReader>()?;
