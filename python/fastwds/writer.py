@@ -14,8 +14,10 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import itertools
 import json
 import lzma
+import operator
 import os
 import pickle
 import re
@@ -431,8 +433,8 @@ def _index_entries(samples: list[Any], starts: list[int]) -> tuple[list[str], li
     else:
         plain = "." not in joined and "/" not in joined and "\n\n" not in joined
         plain = plain and not joined.startswith("\n") and not joined.endswith("\n")  # no empty key
-        if plain and len(set(samples)) == len(samples):
-            return samples, starts  # every key is its own reader key, and none repeats
+        if plain and not any(map(operator.eq, samples, itertools.islice(samples, 1, None))):
+            return samples, starts  # every key is its own reader key, and none comes twice in a row
     keys: list[str] = []
     offsets: list[int] = []
     last = None
