@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -246,3 +247,23 @@ def proxy_factory() -> Iterator[Callable[[tuple[str, int]], FaultProxy]]:
     """Makes FaultProxy instances in front of (host, port), closed after the test."""
     with proxy_pool() as make:
         yield make
+
+
+@pytest.fixture
+def aws_env(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoS3:
+    """moto's S3 server, found by the reader through the AWS_* variables alone (no profile file of the
+    user's)."""
+    clear_aws_env(monkeypatch, tmp_path)
+    for name, value in moto_s3.env().items():
+        monkeypatch.setenv(name, value)
+    return moto_s3
+
+
+def clear_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No AWS_* variable of the user's, no profile files, no instance metadata."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")

@@ -29,20 +29,6 @@ from remote_servers import (
 PER_SHARD = 20
 
 
-@pytest.fixture
-def aws_env(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoS3:
-    """moto found through the AWS_* variables alone."""
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for name, value in moto_s3.env().items():
-        monkeypatch.setenv(name, value)
-    return moto_s3
-
-
 @pytest.fixture(scope="module")
 def gcs_emulator() -> Iterator[GcsEmulator]:
     with GcsEmulator() as server:

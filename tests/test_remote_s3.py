@@ -8,7 +8,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import io
-import os
 import tarfile
 import time
 import urllib.error
@@ -20,7 +19,7 @@ import botocore.exceptions
 import pytest
 
 import fastwds as wds
-from conftest import wait_until
+from conftest import clear_aws_env, wait_until
 from fastwds import _core
 from fastwds.errors import ShardError
 from remote_servers import (
@@ -46,25 +45,6 @@ def dataset(moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> Datase
     bucket = unique_bucket("data")
     moto_s3.create_bucket(bucket)
     return bucket, paths, moto_s3.put_files(bucket, "data/", paths)
-
-
-@pytest.fixture
-def aws_env(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoS3:
-    """The reader finds moto through the AWS_* variables alone (no profile file of the user's)."""
-    clear_aws_env(monkeypatch, tmp_path)
-    for name, value in moto_s3.env().items():
-        monkeypatch.setenv(name, value)
-    return moto_s3
-
-
-def clear_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No AWS_* variable of the user's, no profile files, no instance metadata."""
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -33,16 +33,9 @@ MTIME = 1_700_000_000  # fixed member times, so local and remote outputs can be 
 
 
 @pytest.fixture
-def s3(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoS3:
+def s3(aws_env: MotoS3) -> MotoS3:
     """moto reached through the AWS_* variables, and nothing of the user's AWS configuration."""
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    for name, value in moto_s3.env().items():
-        monkeypatch.setenv(name, value)
-    return moto_s3
+    return aws_env
 
 
 @pytest.fixture
