@@ -322,6 +322,29 @@ def test_stateful_dataloader(shards: str, num_workers: int) -> None:
     assert before + [_keys(b) for b in second] == full
 
 
+def test_webloader_without_workers_resumes(shards: str) -> None:
+    """WebLoader(num_workers=0) checkpoints its dataset between batches; with workers or stages after the
+    loader it refuses, saying what to use instead."""
+
+    def loader() -> wds.WebLoader:
+        dataset = wds.WebDataset(shards, shardshuffle=10, seed=3).shuffle(20, seed=5).to_tuple("__key__")
+        return wds.WebLoader(dataset, batch_size=4, num_workers=0)
+
+    full = [list(keys) for (keys,) in loader()]
+    first = loader()
+    it = iter(first)
+    before = [list(next(it)[0]) for _ in range(5)]
+    state = json.loads(json.dumps(first.state_dict()))
+    second = loader()
+    second.load_state_dict(state)
+    assert before + [list(keys) for (keys,) in second] == full
+    dataset = wds.WebDataset(shards, shardshuffle=False)
+    with pytest.raises(ValueError, match="num_workers=0.*StatefulDataLoader"):
+        wds.WebLoader(dataset, batch_size=4, num_workers=2).state_dict()
+    with pytest.raises(ValueError, match="stages after its DataLoader"):
+        wds.WebLoader(dataset, batch_size=4).unbatched().state_dict()
+
+
 def test_resume_with_select_files(shards: str) -> None:
     # select_files may change which samples a shard has, so positions are counted, not taken from the index.
     def make() -> wds.WebDataset:

@@ -643,9 +643,41 @@ class FluidWrapper(DataPipeline, FluidInterface):
 
 class WebLoader(DataPipeline, FluidInterface):
     """A torch `DataLoader(*args, **kw)` with the fluent methods, e.g. for rebatching across workers:
-    `WebLoader(ds, batch_size=None, num_workers=4).unbatched().shuffle(1000).batched(64)`."""
+    `WebLoader(ds, batch_size=None, num_workers=4).unbatched().shuffle(1000).batched(64)`.
+
+    With `num_workers=0` and no stages after the loader, `state_dict()`/`load_state_dict()` checkpoint and
+    resume its dataset (see `WebDataset.state_dict`); with workers, use torchdata's `StatefulDataLoader`."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         from torch.utils.data import DataLoader
 
         super().__init__(DataLoader(*args, **kw))
+
+    def _resumable_dataset(self) -> Any:
+        """The dataset whose state is this loader's. Raises ValueError when the loader has workers (each holds
+        its own copy of the dataset) or stages after it (which a dataset state does not cover)."""
+        loader = self.pipeline[0]
+        if len(self.pipeline) > 1:
+            raise ValueError(
+                "this WebLoader has stages after its DataLoader, which state_dict() cannot resume through: "
+                "move them into the dataset's pipeline"
+            )
+        if loader.num_workers > 0:
+            raise ValueError(
+                "WebLoader.state_dict() needs num_workers=0: each DataLoader worker holds its own copy of the "
+                "dataset and its state; torchdata's StatefulDataLoader collects them "
+                "(from torchdata.stateful_dataloader import StatefulDataLoader)"
+            )
+        dataset = loader.dataset
+        if not hasattr(dataset, "state_dict"):
+            raise ValueError(f"this WebLoader's dataset ({type(dataset).__name__}) has no state_dict()")
+        return dataset
+
+    def state_dict(self) -> dict[str, Any]:
+        """Its dataset's state as of the batches this loader has yielded (`num_workers=0` only)."""
+        state: dict[str, Any] = self._resumable_dataset().state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next iteration resume where the loader that saved `state` was (`num_workers=0` only)."""
+        self._resumable_dataset().load_state_dict(state)
