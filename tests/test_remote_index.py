@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import fastwds as wds
+from conftest import clear_aws_env
 from fastwds import _core, shardindex
 from fastwds.cli import main
 from fastwds.shardindex import StaleIndexWarning, build_index, load_index, sample_count
@@ -236,3 +237,41 @@ def test_an_unreachable_shard_leaves_its_index_unchecked(http_server: RangeHTTPS
         assert sample_count(url) == PER_SHARD
     with pytest.raises(OSError, match="404"):
         list(wds.WebDataset(url, shardshuffle=False))
+
+
+def test_indexes_in_a_bucket_are_read_with_the_storage_options(
+    moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Credentials only in `reader_options={"storage_options": ...}` (none in the environment) reach the
+    indexes too: len(), balanced epochs and a resume that reads from an index's offsets."""
+    clear_aws_env(monkeypatch, tmp_path)
+    (tmp_path / "d").mkdir()
+    with wds.ShardWriter(str(tmp_path / "d" / "s-%02d.tar"), maxcount=7, verbose=0) as sink:
+        for i in range(30):
+            sink.write({"__key__": f"k{i:03d}", "txt": f"sample {i}"})
+    files = sorted(str(p) for p in (tmp_path / "d").iterdir())
+    bucket = unique_bucket("options")
+    moto_s3.create_bucket(bucket)
+    moto_s3.put_files(bucket, "", files)
+    pattern = f"s3://{bucket}/s-{{00..04}}.tar"
+    options = {"storage_options": moto_s3.storage_options()}
+    url = f"s3://{bucket}/s-00.tar"
+    assert load_index(url) is None  # no credentials: no index can be read
+    assert load_index(url, storage_options=options["storage_options"]) is not None
+    keys = [f"k{i:03d}" for i in range(30)]
+
+    def make(**kw: object) -> wds.WebDataset:
+        return wds.WebDataset(pattern, shardshuffle=False, reader_options=options, **kw)  # type: ignore[arg-type]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(make()) == 30
+        assert [s["__key__"] for s in make(balanced="drop")] == keys
+        full = [k for (k,) in make().shuffle(10, seed=1).to_tuple("__key__")]
+        first = make().shuffle(10, seed=1).to_tuple("__key__")
+        it = iter(first)
+        before = [next(it)[0] for _ in range(12)]
+        state = first.state_dict()
+        restored = make().shuffle(10, seed=1).to_tuple("__key__")
+        restored.load_state_dict(state)
+        assert before + [k for (k,) in restored] == full

@@ -386,7 +386,13 @@ class WebDataset(DataPipeline, FluidInterface):
                 "balanced epochs read spans of shards, which the shard cache does not hold: cache_dir is not used",
                 stacklevel=3,
             )
-        shards = epochs.BalancedShards(urls, balanced, shuffle=bool(args.shardshuffle), seed=self.seed)
+        shards = epochs.BalancedShards(
+            urls,
+            balanced,
+            shuffle=bool(args.shardshuffle),
+            seed=self.seed,
+            storage_options=(args.reader_options or {}).get("storage_options"),
+        )
         shards.counts()  # every shard needs an index: say so now, not in a DataLoader worker
         self.append(shards)
         self.append(
@@ -453,7 +459,8 @@ class WebDataset(DataPipeline, FluidInterface):
             found = self._lengths.get(key)
             if found is None:
                 try:
-                    found = sum(epochs.sample_counts(urls))
+                    storage_options = pipeline[n - 1].reader_options.get("storage_options")
+                    found = sum(epochs.sample_counts(urls, storage_options=storage_options))
                 except (ValueError, OSError) as exn:
                     found = f"the length of this {type(self).__name__} is unknown: {exn}"
                 self._lengths[key] = found

@@ -166,12 +166,14 @@ def _missing(url: str) -> MissingIndexError:
     )
 
 
-def sample_counts(urls: Sequence[str], index_dir: str | None = None) -> list[int]:
+def sample_counts(
+    urls: Sequence[str], index_dir: str | None = None, storage_options: dict[str, Any] | None = None
+) -> list[int]:
     """The sample count of each shard from its index. Raises `MissingIndexError` naming the first shard
     without a usable one (missing or stale)."""
 
     def count(url: str) -> int | None:
-        return shardindex.sample_count(url, index_dir=index_dir)
+        return shardindex.sample_count(url, index_dir=index_dir, storage_options=storage_options)
 
     if len(urls) > 8 and any(local_path(u) is None for u in urls):
         # Remote indexes: fetched a few at a time.
@@ -206,6 +208,7 @@ class BalancedShards(PipelineStage):
         shuffle: bool = False,
         seed: Any = 0,
         index_dir: str | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         _check_mode(mode)
         self.urls = [os.fspath(u) for u in urls]
@@ -215,6 +218,7 @@ class BalancedShards(PipelineStage):
         self.shuffle = shuffle
         self.seed = seed
         self.index_dir = index_dir
+        self.storage_options = storage_options  # for indexes in s3:// and gs:// buckets
         self.epoch = -1
         self._counts: list[int] | None = None
 
@@ -227,7 +231,7 @@ class BalancedShards(PipelineStage):
     def counts(self) -> list[int]:
         """The sample count of each shard, from the indexes (read on the first call)."""
         if self._counts is None:
-            self._counts = sample_counts(self.urls, self.index_dir)
+            self._counts = sample_counts(self.urls, self.index_dir, self.storage_options)
         return self._counts
 
     def total(self) -> int:
@@ -269,7 +273,7 @@ class BalancedShards(PipelineStage):
         counts = self.counts()
         for piece in pieces:
             url = self.urls[piece.shard]
-            index = shardindex.load_index(url, index_dir=self.index_dir)
+            index = shardindex.load_index(url, index_dir=self.index_dir, storage_options=self.storage_options)
             if index is None:
                 raise _missing(url)
             if index.count != counts[piece.shard]:

@@ -272,7 +272,7 @@ class ShardSamples:
         images = None if self.images is None else self.images.replace(epoch=self.epoch % 2**64)
         count = 0
         if _track is not None and _track.reread:
-            for sample in self._reread(_track.reread, images):
+            for sample in self._reread(_track.reread, images, _track.lookup):
                 count += 1
                 yield sample
         samples = iter(
@@ -326,12 +326,15 @@ class ShardSamples:
                 + "Turn off using empty_check=False in the WebDataset constructor."
             )
 
-    def _reread(self, items: list[tuple[dict[str, Any], int]], images: Any) -> Iterator[dict[str, Any]]:
+    def _reread(
+        self, items: list[tuple[dict[str, Any], int]], images: Any, lookup: Any
+    ) -> Iterator[dict[str, Any]]:
         """The samples `items` ((shard spec, ordinal in it) pairs) read again, in that order: the samples of a
-        shuffle buffer when resuming. Raises ValueError when one cannot be found."""
+        shuffle buffer when resuming, found through `lookup` (the pass's `fastwds.resume.IndexLookup`). Raises
+        ValueError when one cannot be found."""
         from .resume import ResumeError, reread_plan
 
-        reads, takes = reread_plan(items, use_index=self.select_files is None and self.rename_files is None)
+        reads, takes = reread_plan(items, lookup)
         found: list[Any] = [None] * len(items)
         feed = _ShardFeed(iter(reads), None, track_local=self.local_paths)
         samples = iter(

@@ -256,7 +256,7 @@ class TarTrack:
 
     __slots__ = (
         "ordered",
-        "use_index",
+        "lookup",
         "resumed",
         "queue",
         "inflight",
@@ -273,10 +273,14 @@ class TarTrack:
     )
 
     def __init__(
-        self, ordered: bool, start: int = 0, open_: list[list[int]] | None = None, use_index: bool = True
+        self,
+        ordered: bool,
+        start: int = 0,
+        open_: list[list[int]] | None = None,
+        lookup: IndexLookup | None = None,
     ) -> None:
         self.ordered = ordered
-        self.use_index = use_index  # sample ordinals are the index's (no select_files/rename_files)
+        self.lookup = lookup if lookup is not None else IndexLookup()
         self.resumed = open_ is not None
         self.queue: deque[_Entry] = deque()  # ordered: entries handed to the core, not reached yet
         self.inflight: dict[str, _Entry] = {}  # unordered: entries handed to the core, maybe unfinished
@@ -341,7 +345,7 @@ class TarTrack:
         """Give `entry` its limit from the shard's index, when it has one and the limit is unknown."""
         if entry.limit != math.inf:
             return
-        count = _index_count(entry.url) if self.use_index else None
+        count = self.lookup.count(entry.url)
         if count is None:
             if self.ordered:
                 self.ambiguous = entry.url
@@ -387,13 +391,13 @@ class TarTrack:
                 return {"next": self.start, "open": []}
             cur = self.cur
             if (
-                self.use_index
+                self.lookup.enabled
                 and cur is not None
                 and cur.limit == math.inf
                 and cur.whole
                 and shardindex._local_path(cur.url)
             ):
-                count = _index_count(cur.url)
+                count = self.lookup.count(cur.url)
                 self._set_limit(cur, math.inf if count is None else count)
             ordinal = self.ordinal
             if cur is not None and ordinal >= cur.limit:
@@ -408,16 +412,39 @@ class TarTrack:
         return {"next": self.next, "open": [[p, found[p]] for p in sorted(found)]}
 
 
-_COUNTS: dict[str, int | None] = {}
+class IndexLookup:
+    """The shard indexes one pass uses, each looked up once, with the dataset's storage options; none when
+    the samples may differ from the indexes' (`select_files`, `rename_files`)."""
 
+    __slots__ = ("enabled", "storage_options", "_counts", "_indexes")
 
-def _index_count(url: str) -> int | None:
-    if url not in _COUNTS:
-        try:
-            _COUNTS[url] = shardindex.sample_count(url)
-        except (ValueError, OSError):
-            _COUNTS[url] = None
-    return _COUNTS[url]
+    def __init__(self, enabled: bool = True, storage_options: dict[str, Any] | None = None) -> None:
+        self.enabled = enabled
+        self.storage_options = storage_options
+        self._counts: dict[str, int | None] = {}
+        self._indexes: dict[str, shardindex.ShardIndex | None] = {}
+
+    def count(self, url: str) -> int | None:
+        """A shard's sample count from its index; None without a usable one."""
+        if not self.enabled:
+            return None
+        if url not in self._counts:
+            try:
+                self._counts[url] = shardindex.sample_count(url, storage_options=self.storage_options)
+            except (ValueError, OSError):
+                self._counts[url] = None
+        return self._counts[url]
+
+    def index(self, url: str) -> shardindex.ShardIndex | None:
+        """A shard's index; None without a usable one."""
+        if not self.enabled:
+            return None
+        if url not in self._indexes:
+            try:
+                self._indexes[url] = shardindex.load_index(url, storage_options=self.storage_options)
+            except (ValueError, OSError):
+                self._indexes[url] = None
+        return self._indexes[url]
 
 
 ################################################################
@@ -576,8 +603,6 @@ class Run:
         ds = self.dataset
         pipeline = ds.pipeline
         layout = self.layout
-        _COUNTS.clear()  # indexes are looked up again each pass (a shard may have been indexed since)
-        _INDEXES.clear()
         if plan is not None:
             ds.set_epoch(plan["epoch"])
             self._restore_random(plan)
@@ -587,18 +612,20 @@ class Run:
         ordered = bool(tar_stage.reader_options.get("ordered", True))
         # select_files and rename_files can make the samples differ from the index's.
         use_index = tar_stage.select_files is None and tar_stage.rename_files is None
+        # Looked up again each pass: a shard may have been indexed since.
+        lookup = IndexLookup(use_index, tar_stage.reader_options.get("storage_options"))
         stream: Any = ds.invoke(pipeline[0])
         for stage in pipeline[1 : layout.tar]:
             stream = ds.invoke(stage, stream)
         self._note_random()
         if position is None:
-            track = TarTrack(ordered, use_index=use_index)
+            track = TarTrack(ordered, lookup=lookup)
             items: Iterator[Any] = ((i, s, s, 0, 0) for i, s in enumerate(stream))
             restored = None
         else:
-            track = TarTrack(ordered, position["next"], position["open"], use_index)
+            track = TarTrack(ordered, position["next"], position["open"], lookup)
             restored = (plan or {}).get("shuffle", {}) or {}
-            items = self._resumed_specs(stream, position, restored.get("refs", []), track, use_index)
+            items = self._resumed_specs(stream, position, restored.get("refs", []), track)
         self.tar = track
         self.shuffle = None
         stream = tar_stage(track.feed(items), _track=track)
@@ -633,7 +660,6 @@ class Run:
         position: dict[str, Any],
         refs: list[list[int]],
         track: TarTrack,
-        use_index: bool,
     ) -> Iterator[tuple[int, dict[str, Any], dict[str, Any] | None, int, int]]:
         """The shard stream from the saved position (the open shards from their saved ordinals, then the
         shards from `next`), after noting in `track` the buffered samples to re-read."""
@@ -660,7 +686,7 @@ class Run:
         def generate() -> Iterator[tuple[int, dict[str, Any], dict[str, Any] | None, int, int]]:
             for pos in sorted(open_):
                 spec = _as_dict(specs[pos])
-                yield (pos, spec, *_from_ordinal(spec, open_[pos], use_index))
+                yield (pos, spec, *_from_ordinal(spec, open_[pos], track.lookup))
             for pos, spec in rest:
                 yield pos, spec, spec, 0, 0
             for pos, spec in it:
@@ -729,27 +755,14 @@ def _span_stop(spec: dict[str, Any], index: shardindex.ShardIndex) -> int:
     return index.count if end is None else bisect.bisect_left(index.offsets, end)
 
 
-_INDEXES: dict[str, shardindex.ShardIndex | None] = {}
-
-
-def load_index(url: str) -> shardindex.ShardIndex | None:
-    """A shard's index (`shardindex.load_index`), None when it has none; kept for the process."""
-    if url not in _INDEXES:
-        try:
-            _INDEXES[url] = shardindex.load_index(url)
-        except (ValueError, OSError):
-            _INDEXES[url] = None
-    return _INDEXES[url]
-
-
 def _from_ordinal(
-    spec: dict[str, Any], k: int, use_index: bool = True
+    spec: dict[str, Any], k: int, lookup: IndexLookup
 ) -> tuple[dict[str, Any] | None, int, int]:
     """(spec to read, first ordinal, samples to drop) to read `spec` from its k-th sample: a span from that
     sample's header with an index (None when nothing is left), else the spec with k samples to drop."""
     if k == 0:
         return spec, 0, 0
-    index = load_index(spec["url"]) if use_index and _readable_as_span(spec) else None
+    index = lookup.index(spec["url"]) if _readable_as_span(spec) else None
     if index is None:
         return spec, 0, k
     first = _span_first(spec, index)
@@ -765,7 +778,7 @@ def _from_ordinal(
 
 
 def reread_plan(
-    items: list[tuple[dict[str, Any], int]], use_index: bool = True
+    items: list[tuple[dict[str, Any], int]], lookup: IndexLookup
 ) -> tuple[list[dict[str, Any]], list[Any]]:
     """The reads that fetch the buffered samples `items` ((spec, ordinal) pairs): a span per sample of a
     shard with an index, the spec itself once for the others; and for each read what to take from it: the
@@ -774,7 +787,7 @@ def reread_plan(
     takes: list[Any] = []
     whole: dict[str, int] = {}
     for n, (spec, ordinal) in enumerate(items):
-        index = load_index(spec["url"]) if use_index and _readable_as_span(spec) else None
+        index = lookup.index(spec["url"]) if _readable_as_span(spec) else None
         if index is not None:
             j = _span_first(spec, index) + ordinal
             if j >= index.count:

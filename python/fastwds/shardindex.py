@@ -55,6 +55,9 @@ __all__ = [
 SUFFIX = ".wdsidx"
 """What a shard's name is followed by to name its index."""
 
+StorageOptions = dict[str, Any] | None
+"""Object store settings for `s3://` and `gs://`, as `WebDataset(reader_options={"storage_options": ...})`."""
+
 MAGIC = b"\x89WDSIDX\n"
 """The first eight bytes of every index file (a high-bit byte and a newline catch text-mode mangling)."""
 
@@ -360,7 +363,7 @@ def index_name(shard_url: str) -> str:
 _STAT_SCHEMES = ("s3", "gs", "http", "https", "hf")
 
 
-def _remote_validator(url: str) -> tuple[int | None, str] | None:
+def _remote_validator(url: str, storage_options: StorageOptions = None) -> tuple[int | None, str] | None:
     """The current (size, ETag) of an `s3://`, `gs://`, `http(s)://` or `hf://` shard, from a HEAD request (the
     size is None, or the ETag "", when an HTTP server does not send it); None for other URLs or when the
     request fails (reading the shard then reports why)."""
@@ -368,7 +371,7 @@ def _remote_validator(url: str) -> tuple[int | None, str] | None:
     if urlparse(url).scheme not in _STAT_SCHEMES:
         return None
     try:
-        size, etag = _core.stat_object(url)
+        size, etag = _core.stat_object(url, storage_options)
     except (OSError, ValueError):
         return None
     return size, etag or ""
@@ -379,7 +382,7 @@ def _local_validator(path: str) -> tuple[int | None, str]:
     return st.st_size, str(st.st_mtime_ns)
 
 
-def _staleness(shard_url: str, index: ShardIndex) -> str | None:
+def _staleness(shard_url: str, index: ShardIndex, storage_options: StorageOptions = None) -> str | None:
     """What changed in the shard since its index was written, or None when it looks the same (or cannot be
     checked)."""
     path = _local_path(shard_url)
@@ -389,7 +392,7 @@ def _staleness(shard_url: str, index: ShardIndex) -> str | None:
         except FileNotFoundError:
             return "the shard no longer exists"
     else:
-        current = _remote_validator(shard_url)
+        current = _remote_validator(shard_url, storage_options)
     if current is None:
         return None
     size, validator = current
@@ -406,7 +409,7 @@ def _staleness(shard_url: str, index: ShardIndex) -> str | None:
     return "; ".join(changes) or None
 
 
-def _load_bytes(place: str) -> bytes | None:
+def _load_bytes(place: str, storage_options: StorageOptions = None) -> bytes | None:
     """An index file's bytes, or None when there is none."""
     path = _local_path(place)
     if path is not None:
@@ -415,8 +418,11 @@ def _load_bytes(place: str) -> bytes | None:
                 return f.read()
         except (FileNotFoundError, NotADirectoryError):
             return None
+    options: dict[str, Any] = (
+        {"storage_options": storage_options} if storage_options and _in_bucket(place) else {}
+    )
     try:
-        with gopen(place, "rb") as stream:
+        with gopen(place, "rb", **options) as stream:
             return stream.read()
     except (OSError, ValueError):
         # A missing object is a 404 to the native readers but a failed command to other openers (pipe:,
@@ -425,13 +431,18 @@ def _load_bytes(place: str) -> bytes | None:
 
 
 def _checked(
-    shard_url: str, place: str, data: bytes, check: bool, entries: bool
+    shard_url: str,
+    place: str,
+    data: bytes,
+    check: bool,
+    entries: bool,
+    storage_options: StorageOptions = None,
 ) -> tuple[ShardIndex, int] | None:
     """The index in `data` (read from `place`) and its sample count; with `check`, None after a
     `StaleIndexWarning` when its shard has changed since it was written."""
     index, count = _decode(data, place, entries)
     if check:
-        stale = _staleness(shard_url, index)
+        stale = _staleness(shard_url, index, storage_options)
         if stale is not None:
             warnings.warn(
                 f"{shard_url}: ignoring its stale index {place} (the shard changed: {stale}); "
@@ -443,46 +454,64 @@ def _checked(
     return index, count
 
 
-def _load(shard_url: str, check: bool, index_dir: str | None, entries: bool) -> tuple[ShardIndex, int] | None:
+def _load(
+    shard_url: str, check: bool, index_dir: str | None, entries: bool, storage_options: StorageOptions
+) -> tuple[ShardIndex, int] | None:
     """The first index found for a shard (see `load_index`) and its sample count."""
     for place in _index_locations(shard_url, index_dir):
-        data = _load_bytes(place)
+        data = _load_bytes(place, storage_options)
         if data is not None:
-            return _checked(shard_url, place, data, check, entries)
+            return _checked(shard_url, place, data, check, entries, storage_options)
     return None
 
 
-def load_index(shard_url: str, *, check: bool = True, index_dir: str | None = None) -> ShardIndex | None:
+def load_index(
+    shard_url: str,
+    *,
+    check: bool = True,
+    index_dir: str | None = None,
+    storage_options: StorageOptions = None,
+) -> ShardIndex | None:
     """The index of a shard, found beside it (`index_url`) or else, with `index_dir`, in that directory
     under `index_name(shard_url)`; None when there is none.
 
     With `check`, an index whose shard has changed since (local: size or mtime; `s3://`, `gs://`,
     `http(s)://`, `hf://`: size or ETag, asked with a HEAD request; other URLs: unchecked) is ignored: None, with a `StaleIndexWarning` naming the
     shard and what changed. Raises ValueError naming the index file when it is corrupt or of an unknown
-    version."""
-    found = _load(os.fspath(shard_url), check, index_dir, True)
+    version. `storage_options` (as `WebDataset`'s `reader_options` take them) reach `s3://` and `gs://`."""
+    found = _load(os.fspath(shard_url), check, index_dir, True, storage_options)
     return None if found is None else found[0]
 
 
-def sample_count(shard_url: str, *, check: bool = True, index_dir: str | None = None) -> int | None:
+def sample_count(
+    shard_url: str,
+    *,
+    check: bool = True,
+    index_dir: str | None = None,
+    storage_options: StorageOptions = None,
+) -> int | None:
     """A shard's sample count from its index, as `load_index` finds and checks it (keys and offsets are
     not decoded); None without a usable index."""
-    found = _load(os.fspath(shard_url), check, index_dir, False)
+    found = _load(os.fspath(shard_url), check, index_dir, False, storage_options)
     return None if found is None else found[1]
 
 
 def dataset_length(
-    urls: str | Iterable[str], *, check: bool = True, index_dir: str | None = None
+    urls: str | Iterable[str],
+    *,
+    check: bool = True,
+    index_dir: str | None = None,
+    storage_options: StorageOptions = None,
 ) -> int | None:
     """The number of samples in a set of shards (a brace pattern or a list of URLs) when every shard has a
     usable index (see `load_index`), else None (at the first shard without one)."""
     if isinstance(urls, (str, os.PathLike)):
         from .shardlists import expand_urls
 
-        urls = expand_urls(os.fspath(urls))
+        urls = expand_urls(os.fspath(urls), storage_options=storage_options)
     total = 0
     for url in urls:
-        count = sample_count(url, check=check, index_dir=index_dir)
+        count = sample_count(url, check=check, index_dir=index_dir, storage_options=storage_options)
         if count is None:
             return None
         total += count
