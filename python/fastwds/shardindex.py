@@ -476,9 +476,9 @@ def load_index(
     under `index_name(shard_url)`; None when there is none.
 
     With `check`, an index whose shard has changed since (local: size or mtime; `s3://`, `gs://`,
-    `http(s)://`, `hf://`: size or ETag, asked with a HEAD request; other URLs: unchecked) is ignored: None, with a `StaleIndexWarning` naming the
-    shard and what changed. Raises ValueError naming the index file when it is corrupt or of an unknown
-    version. `storage_options` (as `WebDataset`'s `reader_options` take them) reach `s3://` and `gs://`."""
+    `http(s)://`, `hf://`: size or ETag, asked with a HEAD request; other URLs: unchecked) is ignored: None,
+    with a `StaleIndexWarning` naming the shard and what changed. Raises ValueError naming the index file
+    when it is corrupt or of an unknown version. `storage_options` (as `WebDataset`'s `reader_options` take them) reach `s3://` and `gs://`."""
     found = _load(os.fspath(shard_url), check, index_dir, True, storage_options)
     return None if found is None else found[0]
 
