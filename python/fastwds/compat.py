@@ -601,19 +601,8 @@ class WebDataset(DataPipeline, FluidInterface):
         self.close()
 
 
-# The one-sample-in, one-sample-out stages (or errors) with which len() still knows the count.
-_COUNTING_FILTERS = (
-    filters._shuffle,
-    filters._log_keys,
-    filters._to_tuple,
-    filters._map_tuple,
-    filters._map_dict,
-    filters._rename,
-    filters._rename_keys,
-    filters._extract_keys,
-    filters._xdecode,
-    filters._decode,
-)
+# The stages with which len() still knows the count: the sample shuffle and the one-to-one ones.
+_COUNTING_FILTERS = (filters._shuffle, *filters._ONE_TO_ONE)
 
 
 def _has_index_place(url: str) -> bool:

@@ -335,11 +335,14 @@ class detshuffle(PipelineStage):
         kw = {"initial": self.initial, "seed": self.seed, "epoch": self.epoch}
         return f"<detshuffle ({self.bufsize},) {kw}>"
 
+    def next_generator(self) -> random.Random:
+        """Advance to the next epoch and return its generator."""
+        self.epoch += 1
+        return random.Random(_epoch_seed(self.seed, self.epoch))
+
     def run(self, src: Iterable[T]) -> Iterator[T]:
         """Shuffle `src` with the next epoch's generator."""
-        self.epoch += 1
-        rng = random.Random(_epoch_seed(self.seed, self.epoch))
-        return _shuffle(src, self.bufsize, self.initial, rng)
+        return _shuffle(src, self.bufsize, self.initial, self.next_generator())
 
 
 def _select(data: Iterable[T], predicate: Callable[[T], Any]) -> Iterator[T]:
@@ -988,6 +991,21 @@ class LMDBCached(PipelineStage):
             self.add_samples(buffer)
         with self.db.begin(write=True) as txn:
             txn.put(b"_", b"1")
+
+
+# The stages that make one sample of each sample they take (or raise), holding none back: len() counts
+# through them, and resumable iteration (`fastwds.resume`) resumes through them.
+_ONE_TO_ONE = (
+    _log_keys,
+    _to_tuple,
+    _map_tuple,
+    _map_dict,
+    _rename,
+    _rename_keys,
+    _extract_keys,
+    _xdecode,
+    _decode,
+)
 
 
 def __getattr__(name: str) -> Any:

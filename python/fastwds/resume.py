@@ -33,7 +33,7 @@ import math
 import random
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import epochs, filters, images, shardindex, shardlists
@@ -57,17 +57,9 @@ class ResumeError(ValueError):
 # items of the pipeline's output (and, between the tar stage and the shuffle, produce each sample from the
 # last one they took).
 _STREAMING = (
+    *filters._ONE_TO_ONE,
     filters._map,
     filters._select,
-    filters._decode,
-    filters._to_tuple,
-    filters._map_tuple,
-    filters._map_dict,
-    filters._rename,
-    filters._rename_keys,
-    filters._extract_keys,
-    filters._xdecode,
-    filters._log_keys,
     filters._info,
     filters._associate,
 )
@@ -426,25 +418,21 @@ class IndexLookup:
 
     def count(self, url: str) -> int | None:
         """A shard's sample count from its index; None without a usable one."""
-        if not self.enabled:
-            return None
-        if url not in self._counts:
-            try:
-                self._counts[url] = shardindex.sample_count(url, storage_options=self.storage_options)
-            except (ValueError, OSError):
-                self._counts[url] = None
-        return self._counts[url]
+        return self._find(self._counts, shardindex.sample_count, url)
 
     def index(self, url: str) -> shardindex.ShardIndex | None:
         """A shard's index; None without a usable one."""
+        return self._find(self._indexes, shardindex.load_index, url)
+
+    def _find(self, found: dict[str, Any], look_up: Callable[..., Any], url: str) -> Any:
         if not self.enabled:
             return None
-        if url not in self._indexes:
+        if url not in found:
             try:
-                self._indexes[url] = shardindex.load_index(url, storage_options=self.storage_options)
+                found[url] = look_up(url, storage_options=self.storage_options)
             except (ValueError, OSError):
-                self._indexes[url] = None
-        return self._indexes[url]
+                found[url] = None
+        return found[url]
 
 
 ################################################################
@@ -642,8 +630,7 @@ class Run:
     ) -> Iterator[Any]:
         bufsize, initial, rng, seed = _shuffle_args(stage)
         if isinstance(stage, filters.detshuffle):
-            stage.epoch += 1
-            rng = random.Random(filters._epoch_seed(stage.seed, stage.epoch))
+            rng = stage.next_generator()
         elif seed is not None:
             rng = random.Random(seed)
         elif rng is None:
