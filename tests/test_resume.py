@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import warnings
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -101,50 +103,41 @@ def test_resume_second_epoch(shards: str) -> None:
         assert before + after == second
 
 
-def test_resume_at_shard_boundary_opens_nothing_before(shards: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    # Without a sample shuffle, batches of 17 end with the shards (in list order); once the state is taken, the
-    # shards already read may be gone: the restore opens none of them.
+def _resumed_without_read_shards(
+    shards: str, directory: Path, batch: int, cut: int, position: dict[str, Any]
+) -> None:
+    """Copies of the shards (with their indexes) read in batches of `batch` until `cut` batches are out; the
+    state holds `position`, and once the first two shards are deleted a restore still yields the rest of the
+    uninterrupted run: it opens none of them."""
     for url in wds.shardlists.expand_urls(shards):
         for name in (url, shardindex.index_url(url)):
-            shutil.copy2(name, tmp_path / os.path.basename(name))
-    urls = str(tmp_path / "s-{000000..000004}.tar")
+            shutil.copy2(name, directory / os.path.basename(name))
+    urls = str(directory / "s-{000000..000004}.tar")
 
     def make() -> wds.WebDataset:
-        return wds.WebDataset(urls, shardshuffle=False).to_tuple("__key__", "cls").batched(17)
+        return wds.WebDataset(urls, shardshuffle=False).to_tuple("__key__", "cls").batched(batch)
 
     full = [_keys(b) for b in make()]
     ds = make()
     it = iter(ds)
-    before = [_keys(next(it)) for _ in range(2)]
+    before = [_keys(next(it)) for _ in range(cut)]
     state = ds.state_dict()
-    assert state["shards"] == {"next": 2, "open": []}
+    assert state["shards"] == position
     for url in wds.shardlists.expand_urls(urls)[:2]:
         os.unlink(url)
     restored = make()
     restored.load_state_dict(state)
     assert before + [_keys(b) for b in restored] == full
+
+
+def test_resume_at_shard_boundary_opens_nothing_before(shards: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Without a sample shuffle, batches of 17 end with the shards (in list order).
+    _resumed_without_read_shards(shards, tmp_path, 17, 2, {"next": 2, "open": []})
 
 
 def test_resume_mid_shard_opens_nothing_before(shards: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    for url in wds.shardlists.expand_urls(shards):
-        for name in (url, shardindex.index_url(url)):
-            shutil.copy2(name, tmp_path / os.path.basename(name))
-    urls = str(tmp_path / "s-{000000..000004}.tar")
-
-    def make() -> wds.WebDataset:
-        return wds.WebDataset(urls, shardshuffle=False).to_tuple("__key__", "cls").batched(5)
-
-    full = [_keys(b) for b in make()]
-    ds = make()
-    it = iter(ds)
-    before = [_keys(next(it)) for _ in range(8)]  # 40 samples: 6 into the third shard
-    state = ds.state_dict()
-    assert state["shards"] == {"next": 3, "open": [[2, 6]]}
-    for url in wds.shardlists.expand_urls(urls)[:2]:
-        os.unlink(url)
-    restored = make()
-    restored.load_state_dict(state)
-    assert before + [_keys(b) for b in restored] == full
+    # 8 batches of 5: 40 samples, 6 into the third shard.
+    _resumed_without_read_shards(shards, tmp_path, 5, 8, {"next": 3, "open": [[2, 6]]})
 
 
 def test_unseeded_shuffles_resume(shards: str) -> None:
