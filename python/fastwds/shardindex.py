@@ -267,19 +267,19 @@ def _in_bucket(url: str) -> bool:
     return urlparse(rewrite_url(url)).scheme in ("s3", "gs")
 
 
-def write_index(target: str | os.PathLike[str] | BinaryIO, index: ShardIndex) -> None:
+def write_index(target: str | os.PathLike[str] | BinaryIO, index: ShardIndex) -> int:
     """Writes an index to a local path (appearing there whole: written under a temporary name in the same
     directory, then renamed), to an `s3://` or `gs://` URL (uploaded; the object appears whole) or to a
-    binary file object."""
+    binary file object; returns its size in bytes."""
     data = encode_index(index)
     if not isinstance(target, (str, os.PathLike)):
         target.write(data)
-        return
+        return len(data)
     path = os.fspath(target)
     if _in_bucket(path):
         with gopen(path, "wb") as sink:
             sink.write(data)
-        return
+        return len(data)
     pending = PendingFile(path)
     try:
         pending.stream.write(data)
@@ -287,6 +287,7 @@ def write_index(target: str | os.PathLike[str] | BinaryIO, index: ShardIndex) ->
     except BaseException:
         pending.discard()
         raise
+    return len(data)
 
 
 def read_index(source: str | os.PathLike[str] | BinaryIO) -> ShardIndex:

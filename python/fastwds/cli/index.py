@@ -51,8 +51,8 @@ def _destination(url: str, output_dir: str | None) -> str:
     return os.path.join(output_dir, shardindex.index_name(url))
 
 
-def _fresh(url: str, destination: str) -> ShardIndex | None:
-    """The index already at `destination` when it is valid and up to date, else None."""
+def _fresh(url: str, destination: str) -> tuple[ShardIndex, int] | None:
+    """The index already at `destination` and its size in bytes when it is valid and up to date, else None."""
     data = shardindex._load_bytes(destination)
     if data is None:
         return None
@@ -62,7 +62,7 @@ def _fresh(url: str, destination: str) -> ShardIndex | None:
             found = shardindex._checked(url, destination, data, True, True)
         except ValueError:
             return None  # corrupt or of another version: rebuilt
-    return None if found is None else found[0]
+    return None if found is None else (found[0], len(data))
 
 
 def _index_one(
@@ -70,12 +70,11 @@ def _index_one(
 ) -> tuple[ShardIndex, bool, int]:
     """Builds and writes one shard's index; returns it, whether it was (re)built and its size in bytes."""
     if not force:
-        index = _fresh(url, destination)
-        if index is not None:
-            return index, False, len(shardindex.encode_index(index))
+        fresh = _fresh(url, destination)
+        if fresh is not None:
+            return fresh[0], False, fresh[1]
     index = shardindex._build(url, stop)
-    shardindex.write_index(destination, index)
-    return index, True, len(shardindex.encode_index(index))
+    return index, True, shardindex.write_index(destination, index)
 
 
 @stops_cleanly
